@@ -1,0 +1,77 @@
+//! Gradient-error metrics between two sets of per-tensor gradients (adjoint vs backprop).
+//!
+//! Per tensor: cosine similarity and the paper's squared relative error
+//! `mean((g_b − g_a)²) / mean(g_b²)` (paper.md §3.4, `compare_gradients.py`); over all
+//! parameters: the relative error `‖g_a − g_b‖ / ‖g_b‖`.
+
+use serde::Serialize;
+
+/// Error of one parameter tensor.
+#[derive(Debug, Clone, Serialize)]
+pub struct TensorError {
+    pub name: String,
+    pub cosine: f64,
+    pub rel_sq_error: f64,
+}
+
+/// Errors of a whole gradient.
+#[derive(Debug, Clone, Serialize)]
+pub struct GradientError {
+    pub tensors: Vec<TensorError>,
+    /// ‖g_a − g_b‖ / ‖g_b‖ over all parameters.
+    pub relative_error: f64,
+    pub max_rel_sq_error: f64,
+    pub min_cosine: f64,
+}
+
+fn dot(a: &[f64], b: &[f64]) -> f64 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+/// Compare `approx` against `reference`, tensor by tensor (same names and order).
+pub fn gradient_error(
+    reference: &[(String, Vec<f64>)],
+    approx: &[(String, Vec<f64>)],
+) -> GradientError {
+    let (mut num, mut den) = (0.0, 0.0);
+    let tensors: Vec<TensorError> = reference
+        .iter()
+        .zip(approx)
+        .map(|((name, b), (_, a))| {
+            let diff: Vec<f64> = b.iter().zip(a).map(|(x, y)| x - y).collect();
+            let (dd, bb, aa) = (dot(&diff, &diff), dot(b, b), dot(a, a));
+            num += dd;
+            den += bb;
+            let cosine = if bb > 0.0 && aa > 0.0 {
+                dot(a, b) / (aa.sqrt() * bb.sqrt())
+            } else if bb == 0.0 && aa == 0.0 {
+                1.0
+            } else {
+                0.0
+            };
+            let rel_sq_error = if bb > 0.0 {
+                dd / bb
+            } else if dd == 0.0 {
+                0.0
+            } else {
+                f64::INFINITY
+            };
+            TensorError {
+                name: name.clone(),
+                cosine,
+                rel_sq_error,
+            }
+        })
+        .collect();
+    let relative_error = if den > 0.0 {
+        (num / den).sqrt()
+    } else {
+        num.sqrt()
+    };
+    GradientError {
+        max_rel_sq_error: tensors.iter().map(|t| t.rel_sq_error).fold(0.0, f64::max),
+        min_cosine: tensors.iter().map(|t| t.cosine).fold(1.0, f64::min),
+        tensors,
+        relative_error,
+    }
+}

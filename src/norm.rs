@@ -1,0 +1,237 @@
+//! Batch normalisation that knows which pass it is in.
+//!
+//! burn's own BatchNorm picks training or inference behaviour from whether autodiff is on; the
+//! adjoint needs finer control, because one training step evaluates each residual function up to
+//! three times (forward, reconstruction, vector-Jacobian product) and the running statistics
+//! must be updated exactly once. The policy under the adjoint is explicit ([`BnMode`]):
+//!
+//! - `cached` (default): the forward stores each evaluation's batch mean and variance (2·C numbers
+//!   per BN per evaluation); the reconstruction normalises with exactly those statistics, and the
+//!   vector-Jacobian product uses their *values* while differentiating through the statistics of
+//!   the reconstructed input (a straight-through estimate: value of the forward, derivative of
+//!   batch normalisation), so the adjoint's error still vanishes with depth;
+//! - `frozen`: running statistics everywhere, in every gradient mode (the usual fine-tuning
+//!   choice); the running statistics are not updated;
+//! - `recompute`: batch statistics of whatever input the pass sees (the authors' resnet_cifar
+//!   behaviour without its triple update of the running statistics).
+//!
+//! In every mode the running statistics are updated only by the forward pass.
+
+use crate::device::Placement;
+use burn::module::{Module, Param, RunningState};
+use burn::tensor::module::{batch_norm, batch_norm_train};
+use burn::tensor::Tensor;
+use std::str::FromStr;
+
+/// Batch-norm policy under the adjoint (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub enum BnMode {
+    #[default]
+    Cached,
+    Frozen,
+    Recompute,
+}
+
+impl FromStr for BnMode {
+    type Err = crate::Error;
+    fn from_str(s: &str) -> crate::Result<Self> {
+        match s {
+            "cached" => Ok(BnMode::Cached),
+            "frozen" => Ok(BnMode::Frozen),
+            "recompute" => Ok(BnMode::Recompute),
+            _ => Err(crate::Error::invalid(
+                "--bn",
+                format!("`{s}`: expected cached, frozen or recompute"),
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for BnMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            BnMode::Cached => "cached",
+            BnMode::Frozen => "frozen",
+            BnMode::Recompute => "recompute",
+        })
+    }
+}
+
+/// Which pass a residual evaluation belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// The training forward: batch statistics, running statistics updated, statistics recorded
+    /// when a store is attached.
+    Forward,
+    /// A recomputation from an exact stored input (checkpointing): batch statistics, no update.
+    Replay,
+    /// The adjoint's reconstruction (no graph).
+    Reconstruct,
+    /// The adjoint's recomputation with a graph at the reconstructed input.
+    Vjp,
+    /// Inference: running statistics.
+    Eval,
+}
+
+/// Batch mean and biased variance of one BN evaluation, kept without a graph.
+#[derive(Debug, Clone)]
+pub struct BnStats {
+    pub mean: Tensor<1>,
+    pub var: Tensor<1>,
+}
+
+/// The context a residual evaluation passes to its batch norms.
+pub struct Norm<'a> {
+    mode: BnMode,
+    phase: Phase,
+    /// Statistics of this evaluation site: filled in the forward, read by the adjoint.
+    stats: Option<&'a mut Vec<BnStats>>,
+    cursor: usize,
+}
+
+impl<'a> Norm<'a> {
+    /// A context for one evaluation.
+    pub fn new(mode: BnMode, phase: Phase, stats: Option<&'a mut Vec<BnStats>>) -> Self {
+        Self {
+            mode,
+            phase,
+            stats,
+            cursor: 0,
+        }
+    }
+
+    /// Inference context (running statistics, nothing recorded).
+    pub fn eval() -> Norm<'static> {
+        Norm::new(BnMode::Frozen, Phase::Eval, None)
+    }
+
+    /// Plain training forward without a statistics store.
+    pub fn train(mode: BnMode) -> Norm<'static> {
+        Norm::new(mode, Phase::Forward, None)
+    }
+
+    fn cached(&mut self) -> Option<BnStats> {
+        let s = self.stats.as_ref()?.get(self.cursor).cloned();
+        self.cursor += 1;
+        s
+    }
+
+    fn record(&mut self, mean: Tensor<1>, var: Tensor<1>) {
+        if let Some(store) = self.stats.as_mut() {
+            store.push(BnStats {
+                mean: mean.detach().without_autodiff(),
+                var: var.detach().without_autodiff(),
+            });
+        }
+    }
+}
+
+/// A batch-norm layer over dimension 1 of its input (features of an MLP, channels of a conv).
+#[derive(Module, Debug)]
+pub struct BatchNorm {
+    pub gamma: Param<Tensor<1>>,
+    pub beta: Param<Tensor<1>>,
+    pub running_mean: RunningState<Tensor<1>>,
+    pub running_var: RunningState<Tensor<1>>,
+    /// Weight of the newest batch in the running statistics (PyTorch's 0.1).
+    pub momentum: f64,
+    pub epsilon: f64,
+}
+
+/// Give `t` the same autodiff context as `like` (mixing contexts in one op is not allowed).
+pub fn like<const D: usize, const E: usize>(t: Tensor<D>, like: &Tensor<E>) -> Tensor<D> {
+    if like.is_autodiff() {
+        t.autodiff()
+    } else {
+        t.without_autodiff()
+    }
+}
+
+impl BatchNorm {
+    /// γ = 1, β = 0, running mean 0 and variance 1.
+    pub fn new(p: &Placement, features: usize) -> Self {
+        Self {
+            gamma: Param::from_tensor(p.tensor(vec![1.0; features], [features])),
+            beta: Param::from_tensor(p.zeros([features])),
+            running_mean: RunningState::new(p.zeros([features]).detach()),
+            running_var: RunningState::new(p.tensor(vec![1.0; features], [features]).detach()),
+            momentum: 0.1,
+            epsilon: 1e-5,
+        }
+    }
+
+    /// Normalise `x` as the pass in `norm` requires.
+    pub fn forward<const D: usize>(&self, x: Tensor<D>, norm: &mut Norm) -> Tensor<D> {
+        let (g, b) = (self.gamma.val(), self.beta.val());
+        if norm.mode == BnMode::Frozen || norm.phase == Phase::Eval {
+            return self.with_running(x, g, b);
+        }
+        match (norm.phase, norm.mode) {
+            (Phase::Forward, _) => {
+                let count = x.shape().num_elements() / x.dims()[1];
+                let out = batch_norm_train(x, g, b, self.epsilon);
+                self.update_running(out.mean.clone(), out.variance.clone(), count);
+                norm.record(out.mean, out.variance);
+                out.output
+            }
+            (Phase::Reconstruct, BnMode::Cached) => match norm.cached() {
+                Some(s) => batch_norm(
+                    x.clone(),
+                    g,
+                    b,
+                    like(s.mean, &x),
+                    like(s.var, &x),
+                    self.epsilon,
+                ),
+                None => batch_norm_train(x, g, b, self.epsilon).output,
+            },
+            (Phase::Vjp, BnMode::Cached) => match norm.cached() {
+                Some(s) => self.straight_through(x, g, b, s),
+                None => batch_norm_train(x, g, b, self.epsilon).output,
+            },
+            _ => batch_norm_train(x, g, b, self.epsilon).output,
+        }
+    }
+
+    fn with_running<const D: usize>(&self, x: Tensor<D>, g: Tensor<1>, b: Tensor<1>) -> Tensor<D> {
+        let m = like(self.running_mean.value_sync(), &x);
+        let v = like(self.running_var.value_sync(), &x);
+        batch_norm(x, g, b, m, v, self.epsilon)
+    }
+
+    /// Running statistics update, PyTorch's convention (unbiased variance over `count` values).
+    fn update_running(&self, mean: Tensor<1>, var: Tensor<1>, count: usize) {
+        let m = self.momentum;
+        let unbias = count as f64 / (count.max(2) - 1) as f64;
+        let plain = |t: Tensor<1>| t.detach().without_autodiff();
+        let rm = plain(self.running_mean.value_sync());
+        let rv = plain(self.running_var.value_sync());
+        self.running_mean.update(rm * (1.0 - m) + plain(mean) * m);
+        self.running_var
+            .update(rv * (1.0 - m) + plain(var) * (m * unbias));
+    }
+
+    /// Value normalised with the cached statistics; derivative of batch normalisation at `x`.
+    fn straight_through<const D: usize>(
+        &self,
+        x: Tensor<D>,
+        g: Tensor<1>,
+        b: Tensor<1>,
+        s: BnStats,
+    ) -> Tensor<D> {
+        let dims: Vec<usize> = (0..D).filter(|&d| d != 1).collect();
+        let c = x.dims()[1];
+        let mut shape = [1usize; D];
+        shape[1] = c;
+        let mean = x.clone().mean_dims(&dims);
+        let centered = x - mean.clone();
+        let var = centered.clone().square().mean_dims(&dims);
+        let mean_c = like(s.mean, &centered).reshape(shape);
+        let var_c = like(s.var, &centered).reshape(shape);
+        // x − μ̂ with μ̂ = μ_cached + (μ − sg(μ)): value uses μ_cached, derivative uses μ.
+        let centered = centered + mean.clone().detach() - mean_c;
+        let var = var.clone() - var.detach() + var_c;
+        let xn = centered / (var + self.epsilon).sqrt();
+        xn * g.reshape(shape) + b.reshape(shape)
+    }
+}

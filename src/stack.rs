@@ -1,0 +1,204 @@
+//! A residual stack: N residual functions integrated over depth by a [`Scheme`].
+//!
+//! `x_{n+1} = x_n + f_n(x_n)/N` for Euler (N steps), Heun's pairing for Heun (N − 1 steps of
+//! size 1/N). The functions are either N independent modules or one module used N times
+//! (tied weights, the "ODE-like" models of paper.md §3.2). Gradients through a stack come from
+//! [`crate::grad`]; this module holds the data and the one integration loop every pass uses.
+
+use crate::norm::{BnMode, BnStats, Norm, Phase};
+use crate::params::{independent_copy, plain_view};
+use crate::residual::Residual;
+use crate::scheme::Scheme;
+use crate::{Error, Result};
+use burn::module::{Module, ModuleDisplay};
+use burn::tensor::Tensor;
+
+/// N residual functions and the scheme that integrates them.
+#[derive(Module, Debug)]
+pub struct Stack<F: Module> {
+    /// The distinct residual functions: N of them, or a single one when tied.
+    pub functions: Vec<F>,
+    /// N, the number of residual functions the stack integrates (uses of the tied function).
+    pub depth: usize,
+    /// How the functions are combined into steps.
+    #[module(skip)]
+    pub scheme: Scheme,
+}
+
+/// Batch-norm statistics of every evaluation of one forward pass, indexed by
+/// `step · stages + stage` (an evaluation site).
+pub type SiteStats = Vec<Vec<BnStats>>;
+
+/// How one pass through the stack normalises and what it records.
+pub(crate) struct Pass<'a> {
+    pub bn: BnMode,
+    pub phase: Phase,
+    pub stats: Option<&'a mut SiteStats>,
+}
+
+impl<F: Module + ModuleDisplay> Stack<F> {
+    /// A stack of independent functions (N = `functions.len()`).
+    pub fn new(functions: Vec<F>, scheme: Scheme) -> Result<Self> {
+        let depth = functions.len();
+        Self::check_depth(depth, scheme)?;
+        Ok(Self {
+            functions,
+            depth,
+            scheme,
+        })
+    }
+
+    /// One function used by all N = `depth` layers.
+    pub fn tied(function: F, depth: usize, scheme: Scheme) -> Result<Self> {
+        Self::check_depth(depth, scheme)?;
+        Ok(Self {
+            functions: vec![function],
+            depth,
+            scheme,
+        })
+    }
+
+    fn check_depth(depth: usize, scheme: Scheme) -> Result<()> {
+        if depth < scheme.min_functions() {
+            return Err(Error::invalid(
+                "--depth",
+                format!(
+                    "{depth}: the {scheme} scheme needs at least {} residual functions",
+                    scheme.min_functions()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether one function serves every layer.
+    pub fn is_tied(&self) -> bool {
+        self.functions.len() == 1 && self.depth > 1
+    }
+
+    /// The function of layer `l` (the shared one when tied).
+    pub fn function(&self, l: usize) -> &F {
+        &self.functions[if self.functions.len() == 1 { 0 } else { l }]
+    }
+
+    /// Step size 1/N.
+    pub fn h(&self) -> f64 {
+        1.0 / self.depth as f64
+    }
+
+    /// Number of scheme steps (Euler N, Heun N − 1).
+    pub fn steps(&self) -> usize {
+        self.scheme.steps(self.depth)
+    }
+
+    /// The same functions integrated by another scheme.
+    pub fn with_scheme(self, scheme: Scheme) -> Result<Self> {
+        Self::check_depth(self.depth, scheme)?;
+        Ok(Self { scheme, ..self })
+    }
+
+    /// N independent copies of a tied function: same output before training, separate
+    /// parameters (and running statistics) after.
+    pub fn untie(&self) -> Self {
+        let functions = (0..self.depth)
+            .map(|l| independent_copy(self.function(l)))
+            .collect();
+        Self {
+            functions,
+            depth: self.depth,
+            scheme: self.scheme,
+        }
+    }
+
+    /// A view whose parameters record no graph (running statistics shared).
+    pub(crate) fn plain(&self) -> Self {
+        plain_view(self)
+    }
+
+    /// Integrate steps `from..to` starting at `x`, calling `keep(n, &x_n)` on every state
+    /// (n = from..=to). The single loop behind every pass.
+    pub(crate) fn integrate<const D: usize>(
+        &self,
+        x: Tensor<D>,
+        from: usize,
+        to: usize,
+        pass: &mut Pass,
+        mut keep: impl FnMut(usize, &Tensor<D>),
+    ) -> Tensor<D>
+    where
+        F: Residual<D>,
+    {
+        let (h, stages) = (self.h(), self.scheme.stages());
+        let mut x = x;
+        keep(from, &x);
+        for n in from..to {
+            x = self.scheme.step(n, h, x, |stage, layer, xi| {
+                let site = n * stages + stage;
+                self.eval(layer, xi, pass, site)
+            });
+            keep(n + 1, &x);
+        }
+        x
+    }
+
+    /// Evaluate function `layer` at `x` for evaluation site `site` of `pass`.
+    pub(crate) fn eval<const D: usize>(
+        &self,
+        layer: usize,
+        x: Tensor<D>,
+        pass: &mut Pass,
+        site: usize,
+    ) -> Tensor<D>
+    where
+        F: Residual<D>,
+    {
+        let store = pass.stats.as_deref_mut().and_then(|s| s.get_mut(site));
+        let mut norm = Norm::new(pass.bn, pass.phase, store);
+        self.function(layer).forward(x, &mut norm)
+    }
+
+    /// Empty statistics store for one forward pass.
+    pub(crate) fn new_site_stats(&self) -> SiteStats {
+        vec![Vec::new(); self.steps() * self.scheme.stages()]
+    }
+
+    /// Training forward with a graph (batch statistics; running statistics updated once).
+    pub fn forward<const D: usize>(&self, x: Tensor<D>, bn: BnMode) -> Tensor<D>
+    where
+        F: Residual<D>,
+    {
+        let mut pass = Pass {
+            bn,
+            phase: Phase::Forward,
+            stats: None,
+        };
+        self.integrate(x, 0, self.steps(), &mut pass, |_, _| {})
+    }
+
+    /// Inference forward: running statistics, no graph.
+    pub fn forward_eval<const D: usize>(&self, x: Tensor<D>) -> Tensor<D>
+    where
+        F: Residual<D>,
+    {
+        self.trajectory(x)
+            .pop()
+            .expect("a trajectory has at least x_0")
+    }
+
+    /// All hidden states x_0..x_steps of an inference pass (no graph), for the analyses.
+    pub fn trajectory<const D: usize>(&self, x: Tensor<D>) -> Vec<Tensor<D>>
+    where
+        F: Residual<D>,
+    {
+        let plain = self.plain();
+        let mut pass = Pass {
+            bn: BnMode::Frozen,
+            phase: Phase::Eval,
+            stats: None,
+        };
+        let mut states = Vec::with_capacity(self.steps() + 1);
+        let x = x.detach().without_autodiff();
+        plain.integrate(x, 0, self.steps(), &mut pass, |_, s| states.push(s.clone()));
+        states
+    }
+}
