@@ -117,6 +117,33 @@ pub fn push_to_input<const D: usize>(input: &Tensor<D>, grad_input: Tensor<D>) -
     (input.clone() * g).sum().backward()
 }
 
+/// After the head's backward (`back`), carry the gradient through a model's stacks, last to
+/// first, and through the layers between them: every trainable parameter of `model` ends up in
+/// `grads`. `runs` are in forward order, one per stack; segments between stacks are ordinary
+/// autodiff graphs that end at the previous stack's output leaf.
+pub fn backward_through<M, F, const D: usize>(
+    model: &M,
+    stacks: &[&Stack<F>],
+    runs: Vec<StackRun<D>>,
+    mut back: Gradients,
+    grads: &mut GradientsParams,
+) where
+    M: Module,
+    F: Residual<D> + ModuleDisplay,
+{
+    let mut pending: Vec<_> = stacks.iter().zip(runs).collect();
+    while let Some((stack, run)) = pending.pop() {
+        let g = run.output_grad(&back);
+        accumulate(grads, &mut back, model);
+        let Some(g) = g else { continue };
+        let input = run.input.clone();
+        if let Some(g0) = stack.backward(run, g, grads) {
+            back = push_to_input(&input, g0);
+        }
+    }
+    accumulate(grads, &mut back, model);
+}
+
 /// A scalar loss's gradients through a stack in one gradient mode.
 pub struct StackGrads<const D: usize> {
     /// The loss value.

@@ -17,6 +17,8 @@ pub mod rng;
 pub use error::{Error, Result};
 pub mod device;
 pub mod grad;
+pub mod io;
+pub mod memory;
 pub mod metrics;
 pub mod norm;
 pub mod params;

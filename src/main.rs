@@ -1,1 +1,11 @@
-fn main() {}
+//! The `resnet-ode` command: a thin layer over the library.
+
+mod cli;
+
+/// Counts heap bytes so `bench memory` and the trainer can report activation memory exactly.
+#[global_allocator]
+static ALLOCATOR: resnet_ode::memory::CountingAllocator = resnet_ode::memory::CountingAllocator;
+
+fn main() -> anyhow::Result<()> {
+    cli::run()
+}

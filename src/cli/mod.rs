@@ -1,0 +1,64 @@
+//! Command-line interface: argument parsing and printing; the work is done by the library.
+
+mod bench;
+mod experiment;
+mod gradcheck;
+mod train;
+
+use clap::{Parser, Subcommand};
+use resnet_ode::device::{DeviceSpec, Placement, Precision};
+
+/// Do residual networks discretize Neural ODEs? Measure it, and train with the memory-free adjoint.
+#[derive(Parser, Debug)]
+#[command(name = "resnet-ode", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Adjoint vs backprop gradients and reconstruction error on one stack.
+    Gradcheck(gradcheck::Args),
+    /// Memory and speed benchmarks.
+    #[command(subcommand)]
+    Bench(bench::Bench),
+    /// The paper's experiments, with figures and a report.
+    #[command(subcommand)]
+    Experiment(experiment::Experiment),
+    /// Train a ResNet on images in any gradient mode.
+    Train(train::TrainArgs),
+    /// Evaluate a trained run (a tied model at another depth: the ODE-like test).
+    Eval(train::EvalArgs),
+}
+
+/// Device and precision flags shared by every command.
+#[derive(clap::Args, Debug, Clone)]
+pub struct DeviceArgs {
+    /// Compute device: flex (pure-Rust CPU), libtorch, libtorch-cuda:N, cuda:N.
+    #[arg(long, default_value = "flex")]
+    pub device: String,
+    /// Float precision: f32 or f64.
+    #[arg(long, default_value = "f32")]
+    pub dtype: String,
+}
+
+impl DeviceArgs {
+    /// The placement these flags name, or an error naming the flag.
+    pub fn placement(&self) -> anyhow::Result<Placement> {
+        let spec: DeviceSpec = self.device.parse()?;
+        let precision: Precision = self.dtype.parse()?;
+        Ok(Placement::new(spec.device()?, precision))
+    }
+}
+
+/// Parse the command line and run it.
+pub fn run() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Gradcheck(a) => gradcheck::run(&a),
+        Command::Bench(b) => bench::run(&b),
+        Command::Experiment(e) => experiment::run(&e),
+        Command::Train(a) => train::train(&a),
+        Command::Eval(a) => train::eval(&a),
+    }
+}
