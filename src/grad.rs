@@ -169,7 +169,6 @@ impl<F: Module + ModuleDisplay> Stack<F> {
                 saved: Saved::Graph,
             };
         }
-        let plain = self.plain();
         let mut stats = self.new_site_stats();
         let mut states = Vec::new();
         let every = match mode {
@@ -181,9 +180,10 @@ impl<F: Module + ModuleDisplay> Stack<F> {
             bn,
             phase: Phase::Forward,
             stats: Some(&mut stats),
+            plain: true,
         };
         let x = x0.clone().detach().without_autodiff();
-        let x_n = plain.integrate(x, 0, self.steps(), &mut pass, |n, s| {
+        let x_n = self.integrate(x, 0, self.steps(), &mut pass, |n, s| {
             if n % every == 0 {
                 states.push(s.clone());
             }
@@ -240,24 +240,22 @@ impl<F: Module + ModuleDisplay> Stack<F> {
     where
         F: Residual<D>,
     {
-        let plain = self.plain();
         let mut x = x_n;
         for n in (0..self.steps()).rev() {
             if let Some(states) = exact {
                 x = states[n + 1].clone();
             }
-            let x_prev = self.reverse_step(&plain, n, x, bn, stats);
+            let x_prev = self.reverse_step(n, x, bn, stats);
             g = self.vjp_step(n, x_prev.clone(), g, bn, stats, grads);
             x = x_prev;
         }
         g
     }
 
-    /// The scheme's inverse step n on the graph-free view `plain`, normalising with the
-    /// statistics the forward recorded for the mirrored evaluation.
+    /// The scheme's inverse step n without a graph, normalising with the statistics the
+    /// forward recorded for the mirrored evaluation.
     fn reverse_step<const D: usize>(
         &self,
-        plain: &Self,
         n: usize,
         x: Tensor<D>,
         bn: BnMode,
@@ -271,11 +269,12 @@ impl<F: Module + ModuleDisplay> Stack<F> {
             bn,
             phase: Phase::Reconstruct,
             stats: Some(stats),
+            plain: true,
         };
         self.scheme
             .inverse_step(n, self.h(), x, |stage, layer, xi| {
                 let site = n * stages + self.scheme.mirror_stage(stage);
-                plain.eval(layer, xi, &mut pass, site)
+                self.eval(layer, xi, &mut pass, site)
             })
     }
 
@@ -290,10 +289,9 @@ impl<F: Module + ModuleDisplay> Stack<F> {
         let Saved::Adjoint(mut stats) = run.saved else {
             return f64::NAN;
         };
-        let plain = self.plain();
         let mut x = run.output.detach().without_autodiff();
         for n in (0..self.steps()).rev() {
-            x = self.reverse_step(&plain, n, x, bn, &mut stats);
+            x = self.reverse_step(n, x, bn, &mut stats);
         }
         let norm = |t: Tensor<D>| crate::device::to_vec(&t.square().sum())[0].sqrt();
         norm(x - x0.clone()) / norm(x0)
@@ -317,6 +315,7 @@ impl<F: Module + ModuleDisplay> Stack<F> {
             bn,
             phase: Phase::Vjp,
             stats: Some(stats),
+            plain: false,
         };
         let y = self.integrate(leaf.clone(), n, n + 1, &mut pass, |_, _| {});
         self.pull_back(y, g, &leaf, n..n + 1 + self.scheme.reach(), grads)
@@ -345,6 +344,7 @@ impl<F: Module + ModuleDisplay> Stack<F> {
                 bn,
                 phase: Phase::Replay,
                 stats: None,
+                plain: false,
             };
             let y = self.integrate(leaf.clone(), from, to, &mut pass, |_, _| {});
             g = self.pull_back(y, g, &leaf, from..to + self.scheme.reach(), grads);

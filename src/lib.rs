@@ -6,8 +6,11 @@
 //! functions, depth-scaled residual [`stack`]s, [`grad`]ient modes (backprop, the memory-free
 //! adjoint, checkpointing), the [`ode`] solvers and the analyses built on them.
 
+pub mod analysis;
+pub mod bench;
 pub mod data;
 pub mod error;
+pub mod experiments;
 pub mod family;
 pub mod ode;
 pub mod plot;
@@ -20,6 +23,7 @@ pub mod grad;
 pub mod io;
 pub mod memory;
 pub mod metrics;
+pub mod models;
 pub mod norm;
 pub mod params;
 pub mod residual;

@@ -6,6 +6,10 @@ mod cli;
 #[global_allocator]
 static ALLOCATOR: resnet_ode::memory::CountingAllocator = resnet_ode::memory::CountingAllocator;
 
-fn main() -> anyhow::Result<()> {
-    cli::run()
+fn main() {
+    if let Err(e) = cli::run() {
+        // The chain of contexts names the flag or file at fault; no backtrace for user errors.
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
 }

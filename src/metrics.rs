@@ -2,7 +2,9 @@
 //!
 //! Per tensor: cosine similarity and the paper's squared relative error
 //! `mean((g_b − g_a)²) / mean(g_b²)` (paper.md §3.4, `compare_gradients.py`); over all
-//! parameters: the relative error `‖g_a − g_b‖ / ‖g_b‖`.
+//! parameters: the relative error `‖g_a − g_b‖ / ‖g_b‖`. Like the paper's script, the
+//! per-tensor extremes skip tensors named `bias`: a conv bias feeding a batch norm has an
+//! exactly-zero backprop gradient, whose cosine with any approximation is meaningless.
 
 use serde::Serialize;
 
@@ -20,7 +22,9 @@ pub struct GradientError {
     pub tensors: Vec<TensorError>,
     /// ‖g_a − g_b‖ / ‖g_b‖ over all parameters.
     pub relative_error: f64,
+    /// Largest per-tensor squared relative error (tensors named `bias` excluded).
     pub max_rel_sq_error: f64,
+    /// Smallest per-tensor cosine similarity (tensors named `bias` excluded).
     pub min_cosine: f64,
 }
 
@@ -68,9 +72,10 @@ pub fn gradient_error(
     } else {
         num.sqrt()
     };
+    let weights = || tensors.iter().filter(|t| !t.name.contains("bias"));
     GradientError {
-        max_rel_sq_error: tensors.iter().map(|t| t.rel_sq_error).fold(0.0, f64::max),
-        min_cosine: tensors.iter().map(|t| t.cosine).fold(1.0, f64::min),
+        max_rel_sq_error: weights().map(|t| t.rel_sq_error).fold(0.0, f64::max),
+        min_cosine: weights().map(|t| t.cosine).fold(1.0, f64::min),
         tensors,
         relative_error,
     }

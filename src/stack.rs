@@ -34,6 +34,9 @@ pub(crate) struct Pass<'a> {
     pub bn: BnMode,
     pub phase: Phase,
     pub stats: Option<&'a mut SiteStats>,
+    /// Evaluate without recording a graph. Each function is viewed graph-free just for its
+    /// evaluation, so the memory-free passes hold no per-layer state.
+    pub plain: bool,
 }
 
 impl<F: Module + ModuleDisplay> Stack<F> {
@@ -110,11 +113,6 @@ impl<F: Module + ModuleDisplay> Stack<F> {
         }
     }
 
-    /// A view whose parameters record no graph (running statistics shared).
-    pub(crate) fn plain(&self) -> Self {
-        plain_view(self)
-    }
-
     /// Integrate steps `from..to` starting at `x`, calling `keep(n, &x_n)` on every state
     /// (n = from..=to). The single loop behind every pass.
     pub(crate) fn integrate<const D: usize>(
@@ -154,7 +152,11 @@ impl<F: Module + ModuleDisplay> Stack<F> {
     {
         let store = pass.stats.as_deref_mut().and_then(|s| s.get_mut(site));
         let mut norm = Norm::new(pass.bn, pass.phase, store);
-        self.function(layer).forward(x, &mut norm)
+        if pass.plain {
+            plain_view(self.function(layer)).forward(x, &mut norm)
+        } else {
+            self.function(layer).forward(x, &mut norm)
+        }
     }
 
     /// Empty statistics store for one forward pass.
@@ -171,6 +173,7 @@ impl<F: Module + ModuleDisplay> Stack<F> {
             bn,
             phase: Phase::Forward,
             stats: None,
+            plain: false,
         };
         self.integrate(x, 0, self.steps(), &mut pass, |_, _| {})
     }
@@ -190,15 +193,15 @@ impl<F: Module + ModuleDisplay> Stack<F> {
     where
         F: Residual<D>,
     {
-        let plain = self.plain();
         let mut pass = Pass {
             bn: BnMode::Frozen,
             phase: Phase::Eval,
             stats: None,
+            plain: true,
         };
         let mut states = Vec::with_capacity(self.steps() + 1);
         let x = x.detach().without_autodiff();
-        plain.integrate(x, 0, self.steps(), &mut pass, |_, s| states.push(s.clone()));
+        self.integrate(x, 0, self.steps(), &mut pass, |_, s| states.push(s.clone()));
         states
     }
 }

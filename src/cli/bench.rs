@@ -1,11 +1,117 @@
-//! `resnet-ode bench …` (being written).
+//! `resnet-ode bench memory|speed`: one training step per configuration, table and JSON.
 
-use clap::Subcommand;
+use super::DeviceArgs;
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use resnet_ode::bench::{measure, BenchConfig, BenchRecord, Workload};
+use resnet_ode::grad::GradMode;
+use resnet_ode::scheme::Scheme;
+use std::path::PathBuf;
 
-/// Benchmarks.
+/// Benchmarks of one training step through a residual stack.
 #[derive(Subcommand, Debug)]
-pub enum Bench {}
+pub enum Bench {
+    /// Peak activation memory vs depth, per gradient mode and scheme (one step each).
+    Memory(BenchArgs),
+    /// Median step time vs depth, per gradient mode and scheme.
+    Speed(BenchArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Depths N (comma-separated). Default: 8,64,512,4096 (memory) or 8,64,512 (speed).
+    #[arg(long, value_delimiter = ',')]
+    depths: Vec<usize>,
+    /// Workloads: mlp (batch 500, MLP 500→8→500 tanh), convC (batch 128, C channels, 10×10).
+    #[arg(long, value_delimiter = ',', default_value = "mlp,conv16")]
+    workloads: Vec<String>,
+    /// Gradient modes: backprop, adjoint, adjoint-per-step, checkpoint:K.
+    #[arg(long, value_delimiter = ',', default_value = "backprop,adjoint")]
+    modes: Vec<String>,
+    /// Schemes: euler, heun.
+    #[arg(long, value_delimiter = ',', default_value = "euler,heun")]
+    schemes: Vec<String>,
+    /// Deepest conv stack to run (conv steps are ~100× an MLP step).
+    #[arg(long, default_value_t = 512)]
+    max_conv_depth: usize,
+    /// Timed repetitions per configuration (after one warm-up). Default: 1 (memory), 5 (speed).
+    #[arg(long)]
+    reps: Option<usize>,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Write one JSON record per run to FILE.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    #[command(flatten)]
+    device: DeviceArgs,
+}
 
 pub fn run(b: &Bench) -> anyhow::Result<()> {
-    match *b {}
+    let (args, default_depths, default_reps) = match b {
+        Bench::Memory(a) => (a, vec![8, 64, 512, 4096], 1),
+        Bench::Speed(a) => (a, vec![8, 64, 512], 5),
+    };
+    let p = args.device.placement()?;
+    let depths = if args.depths.is_empty() { default_depths } else { args.depths.clone() };
+    let workloads: Vec<Workload> = parse_all(&args.workloads)?;
+    let modes: Vec<GradMode> = parse_all(&args.modes)?;
+    let schemes: Vec<Scheme> = parse_all(&args.schemes)?;
+    if !resnet_ode::memory::is_counting() {
+        eprintln!("note: heap counting is off; memory columns read 0");
+    }
+    println!("Measured: peak heap bytes of one training step above the live baseline, minus the");
+    println!("gradients still held when it returns (measured); step time: median over repetitions.");
+    println!("device {} dtype {}", args.device.device, args.device.dtype);
+    println!(
+        "{:<10} {:<6} {:<17} {:>6} {:>12} {:>11} {:>11} {:>10}",
+        "workload", "scheme", "mode", "depth", "activ. MiB", "grads MiB", "params MiB", "step ms"
+    );
+    let mut records: Vec<BenchRecord> = Vec::new();
+    for &w in &workloads {
+        for &scheme in &schemes {
+            for &mode in &modes {
+                for &depth in &depths {
+                    if matches!(w, Workload::Conv(_)) && depth > args.max_conv_depth {
+                        continue;
+                    }
+                    let cfg = BenchConfig {
+                        scheme,
+                        mode,
+                        depth,
+                        reps: args.reps.unwrap_or(default_reps),
+                        seed: args.seed,
+                        device: args.device.device.clone(),
+                    };
+                    let r = measure(&p, w, &cfg)
+                        .with_context(|| format!("{w} {scheme} {mode} depth {depth}"))?;
+                    print_row(&r);
+                    records.push(r);
+                }
+            }
+        }
+    }
+    if let Some(path) = &args.json {
+        resnet_ode::report::write_json(path, &records)?;
+        println!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+fn parse_all<T: std::str::FromStr<Err = resnet_ode::Error>>(v: &[String]) -> anyhow::Result<Vec<T>> {
+    Ok(v.iter().map(|s| s.parse()).collect::<Result<Vec<T>, _>>()?)
+}
+
+fn print_row(r: &BenchRecord) {
+    let mib = |b: usize| b as f64 / (1024.0 * 1024.0);
+    println!(
+        "{:<10} {:<6} {:<17} {:>6} {:>12.2} {:>11.2} {:>11.2} {:>10.1}",
+        r.workload,
+        r.scheme,
+        r.mode,
+        r.depth,
+        mib(r.activation_peak_bytes),
+        mib(r.gradient_bytes),
+        mib(r.parameter_bytes),
+        r.step_ms
+    );
 }

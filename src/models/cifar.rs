@@ -1,0 +1,169 @@
+//! The CIFAR ResNets of He et al. (ResNet-20/32/44/56/110/1202, 6n+2 layers): a conv3×3 stem,
+//! three stages of n basic blocks with 16/32/64 channels (the first block of stages 2 and 3
+//! halves the size), global average pooling and a linear head.
+//!
+//! In the depth-scaled form each stage's blocks after the first are one residual [`Stack`] of
+//! N = n − 1 conv blocks `x ← x + f(x)/N`, trainable in any gradient mode, followed by a ReLU
+//! (the stage-final `relu2` of the paper's implicit ResNets, paper.md §3.2). The original form
+//! keeps He et al.'s unscaled `relu(x + f(x))` blocks; its ReLU after every addition is not
+//! invertible, so it trains with backprop only.
+
+use super::layers::{BasicBlock, Head, Pool, Stem};
+use super::InputShape;
+use crate::device::Placement;
+use crate::grad::{GradMode, StackRun};
+use crate::norm::{BnMode, Norm};
+use crate::residual::{ConvBlock, ConvBlockConfig};
+use crate::rng::Rng;
+use crate::scheme::Scheme;
+use crate::stack::Stack;
+use crate::{Error, Result};
+use burn::module::Module;
+use burn::tensor::activation::relu;
+use burn::tensor::Tensor;
+
+/// Channels of the three stages.
+pub const STAGE_CHANNELS: [usize; 3] = [16, 32, 64];
+
+/// Settings of a [`CifarResNet`].
+#[derive(Debug, Clone, Copy)]
+pub struct CifarConfig {
+    /// Total layers 6n + 2 (20, 32, 44, 56, 110, 1202).
+    pub layers: usize,
+    pub scheme: Scheme,
+    /// One residual function per stage, used n − 1 times.
+    pub tied: bool,
+    /// He et al.'s unscaled blocks instead of the 1/N-scaled stacks.
+    pub original: bool,
+    pub input: InputShape,
+}
+
+impl CifarConfig {
+    /// n, the basic blocks per stage.
+    pub fn blocks_per_stage(&self) -> Result<usize> {
+        let n = self.layers.saturating_sub(2) / 6;
+        if self.layers < 14 || (self.layers - 2) % 6 != 0 {
+            return Err(Error::invalid(
+                "--model",
+                format!(
+                    "cifar-resnet{}: the layer count must be 6n+2 with n ≥ 2 (20, 32, 44, 56, 110, 1202)",
+                    self.layers
+                ),
+            ));
+        }
+        Ok(n)
+    }
+
+    pub fn init(&self, p: &Placement, rng: &mut Rng) -> Result<CifarResNet> {
+        let n = self.blocks_per_stage()?;
+        let stem = Stem::new(p, rng, [self.input.channels, STAGE_CHANNELS[0]], 3, 1, 1);
+        let mut stages = Vec::new();
+        let mut cin = STAGE_CHANNELS[0];
+        for (i, &c) in STAGE_CHANNELS.iter().enumerate() {
+            let stride = if i == 0 { 1 } else { 2 };
+            let first = BasicBlock::new(p, rng, cin, c, stride);
+            let rest = self.rest(p, rng, c, n - 1)?;
+            stages.push(Stage { first, rest });
+            cin = c;
+        }
+        let head = Head::new(p, rng, cin, self.input.classes);
+        Ok(CifarResNet { stem, stages, head })
+    }
+
+    /// A stage's blocks after the first.
+    fn rest(&self, p: &Placement, rng: &mut Rng, c: usize, count: usize) -> Result<Rest> {
+        if self.original {
+            let blocks = (0..count).map(|_| BasicBlock::new(p, rng, c, c, 1)).collect();
+            return Ok(Rest::Original(blocks));
+        }
+        let block = ConvBlockConfig {
+            channels: c,
+            zero_init: false,
+        };
+        let stack = if self.tied {
+            Stack::tied(block.init(p, rng), count, self.scheme)?
+        } else {
+            let functions = (0..count).map(|_| block.init(p, rng)).collect();
+            Stack::new(functions, self.scheme)?
+        };
+        Ok(Rest::Scaled(stack))
+    }
+}
+
+/// A CIFAR ResNet (see the module docs).
+#[derive(Module, Debug)]
+pub struct CifarResNet {
+    pub stem: Stem,
+    pub stages: Vec<Stage>,
+    pub head: Head,
+}
+
+/// One stage: a (possibly downsampling) basic block, then the rest of the stage's blocks.
+#[derive(Module, Debug)]
+pub struct Stage {
+    pub first: BasicBlock,
+    pub rest: Rest,
+}
+
+/// A stage's blocks after the first.
+#[derive(Module, Debug)]
+pub enum Rest {
+    /// N = n − 1 conv blocks integrated with step 1/N (any gradient mode).
+    Scaled(Stack<ConvBlock>),
+    /// He et al.'s unscaled `relu(x + f(x))` blocks (backprop only).
+    Original(Vec<BasicBlock>),
+}
+
+impl CifarResNet {
+    /// Training forward: logits and one run per scaled stack, in forward order.
+    pub fn forward_train(
+        &self,
+        x: Tensor<4>,
+        mode: GradMode,
+        bn: BnMode,
+    ) -> (Tensor<2>, Vec<StackRun<4>>) {
+        let mut x = self.stem.forward(x, &mut Norm::train(bn));
+        let mut runs = Vec::new();
+        for stage in &self.stages {
+            x = stage.first.forward(x, &mut Norm::train(bn));
+            x = match &stage.rest {
+                Rest::Scaled(stack) => {
+                    let run = stack.run(x, mode, bn);
+                    let out = relu(run.output.clone());
+                    runs.push(run);
+                    out
+                }
+                Rest::Original(blocks) => blocks
+                    .iter()
+                    .fold(x, |x, b| b.forward(x, &mut Norm::train(bn))),
+            };
+        }
+        (self.head.forward(Pool::Global.forward(x)), runs)
+    }
+
+    /// Inference forward on a graph-free model.
+    pub(super) fn forward_plain(&self, x: Tensor<4>) -> Tensor<2> {
+        let mut x = self.stem.forward(x, &mut Norm::eval());
+        for stage in &self.stages {
+            x = stage.first.forward(x, &mut Norm::eval());
+            x = match &stage.rest {
+                Rest::Scaled(stack) => relu(stack.forward_eval(x)),
+                Rest::Original(blocks) => blocks
+                    .iter()
+                    .fold(x, |x, b| b.forward(x, &mut Norm::eval())),
+            };
+        }
+        self.head.forward(Pool::Global.forward(x))
+    }
+
+    /// The scaled stacks, in forward order.
+    pub fn stacks(&self) -> Vec<&Stack<ConvBlock>> {
+        self.stages
+            .iter()
+            .filter_map(|s| match &s.rest {
+                Rest::Scaled(stack) => Some(stack),
+                Rest::Original(_) => None,
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,298 @@
+//! Image classifiers whose residual stages are depth-scaled [`Stack`]s, trainable in every
+//! [`GradMode`]: the paper's [`TinyResNet`] (paper.md §3.4) and the [`CifarResNet`] family of
+//! He et al., each with tied variants (one function per stack: the "ODE-like" models of
+//! paper.md §3.2) and untying ([`Model::untie`], paper.md §3.5).
+//!
+//! Every model exposes `forward_train(x, mode, bn) -> (logits, runs)`; the backward is
+//! [`crate::grad::backward_through`] over [`Model::stacks`] and those runs.
+
+mod cifar;
+mod layers;
+mod tiny;
+
+pub use cifar::{CifarConfig, CifarResNet, Rest, Stage, STAGE_CHANNELS};
+pub use layers::{BasicBlock, Head, Pool, Stem, StridedConv};
+pub use tiny::{TinyConfig, TinyResNet, PAPER_STEM_MIN_SIZE};
+
+use crate::device::Placement;
+use crate::grad::{GradMode, StackRun};
+use crate::norm::BnMode;
+use crate::params::{independent_copy, plain_view};
+use crate::residual::ConvBlock;
+use crate::rng::Rng;
+use crate::scheme::Scheme;
+use crate::stack::Stack;
+use crate::{Error, Result};
+use burn::module::Module;
+use burn::tensor::Tensor;
+use serde::{Deserialize, Serialize};
+use std::str::FromStr;
+
+/// The paper's TinyResNet depth when none is given.
+pub const DEFAULT_TINY_DEPTH: usize = 8;
+/// The paper's `--base_depth` of the piecewise-constant initialisation.
+pub const DEFAULT_BASE_DEPTH: usize = 8;
+/// The paper's `--planes`.
+pub const DEFAULT_PLANES: usize = 16;
+
+/// Shape of the images and number of classes a model is built for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InputShape {
+    pub channels: usize,
+    pub height: usize,
+    pub width: usize,
+    pub classes: usize,
+}
+
+/// Which architecture, as named by `--model`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Arch {
+    /// `tiny`: the paper's TinyResNet.
+    Tiny,
+    /// `cifar-resnetL`: He et al.'s L-layer CIFAR ResNet (L = 6n + 2).
+    CifarResNet(usize),
+}
+
+impl FromStr for Arch {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        if s == "tiny" {
+            return Ok(Arch::Tiny);
+        }
+        let layers = s
+            .strip_prefix("cifar-resnet")
+            .and_then(|l| l.parse::<usize>().ok());
+        match layers {
+            Some(l) if l >= 14 && (l - 2) % 6 == 0 => Ok(Arch::CifarResNet(l)),
+            _ => Err(Error::invalid(
+                "--model",
+                format!("`{s}`: expected tiny or cifar-resnetL with L = 6n+2, n ≥ 2 (cifar-resnet20, 32, 44, 56, 110, 1202)"),
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for Arch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Arch::Tiny => write!(f, "tiny"),
+            Arch::CifarResNet(l) => write!(f, "cifar-resnet{l}"),
+        }
+    }
+}
+
+/// Everything that fixes a model's structure (stored with a run, so `eval` can rebuild it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelSpec {
+    pub arch: Arch,
+    /// Residual functions per stack: TinyResNet's N (default 8); for a CIFAR ResNet n − 1,
+    /// fixed by the layer count (None takes it from there; another value is an error).
+    pub depth: Option<usize>,
+    pub scheme: Scheme,
+    pub tied: bool,
+    /// CIFAR ResNets only: He et al.'s unscaled blocks (backprop only).
+    pub original: bool,
+    /// TinyResNet's channels P.
+    pub planes: usize,
+    /// TinyResNet's piecewise-constant initialisation base depth.
+    pub base_depth: usize,
+}
+
+impl Default for ModelSpec {
+    /// The paper's TinyResNet: depth 8, Euler, P = 16, untied, base depth 8.
+    fn default() -> Self {
+        Self {
+            arch: Arch::Tiny,
+            depth: None,
+            scheme: Scheme::Euler,
+            tied: false,
+            original: false,
+            planes: DEFAULT_PLANES,
+            base_depth: DEFAULT_BASE_DEPTH,
+        }
+    }
+}
+
+impl ModelSpec {
+    /// The residual functions per stack this spec builds.
+    pub fn stack_depth(&self) -> Result<usize> {
+        match self.arch {
+            Arch::Tiny => Ok(self.depth.unwrap_or(DEFAULT_TINY_DEPTH)),
+            Arch::CifarResNet(layers) => {
+                let n = (layers.saturating_sub(2) / 6).saturating_sub(1);
+                match self.depth {
+                    Some(d) if d != n => Err(Error::invalid(
+                        "--depth",
+                        format!("{d}: {} has {n} residual functions per stage (omit --depth or pick another cifar-resnet)", self.arch),
+                    )),
+                    _ => Ok(n),
+                }
+            }
+        }
+    }
+
+    /// Checks the combination of settings against a gradient mode, naming the flag at fault.
+    pub fn check(&self, mode: GradMode) -> Result<()> {
+        if self.original && self.arch == Arch::Tiny {
+            return Err(Error::invalid("--original", "applies to the cifar-resnet models only"));
+        }
+        if self.original && self.tied {
+            return Err(Error::invalid("--original", "the unscaled original has no tied variant; drop --tied"));
+        }
+        if self.original && mode != GradMode::Backprop {
+            return Err(Error::invalid("--grad", format!("{mode}: the unscaled original (--original) applies a ReLU after every addition, which cannot be inverted; use --grad backprop")));
+        }
+        if self.arch == Arch::Tiny && (self.planes == 0 || self.stack_depth()? == 0) {
+            return Err(Error::invalid("--depth", "TinyResNet needs at least one residual function"));
+        }
+        self.stack_depth().map(|_| ())
+    }
+
+    /// Draws a model for images of `input` from `rng`.
+    pub fn init(&self, p: &Placement, input: InputShape, rng: &mut Rng) -> Result<Model> {
+        let depth = self.stack_depth()?;
+        match self.arch {
+            Arch::Tiny => TinyConfig {
+                planes: self.planes,
+                depth,
+                scheme: self.scheme,
+                tied: self.tied,
+                base_depth: self.base_depth,
+                input,
+            }
+            .init(p, rng)
+            .map(Model::Tiny),
+            Arch::CifarResNet(layers) => CifarConfig {
+                layers,
+                scheme: self.scheme,
+                tied: self.tied,
+                original: self.original,
+                input,
+            }
+            .init(p, rng)
+            .map(Model::Cifar),
+        }
+    }
+}
+
+/// Any of the models, so a trainer, a checkpoint and `eval` handle them alike.
+#[derive(Module, Debug)]
+pub enum Model {
+    Tiny(TinyResNet),
+    Cifar(CifarResNet),
+}
+
+impl Model {
+    /// Training forward in `mode`: logits (graph-connected to the head, and to everything under
+    /// backprop) and one [`StackRun`] per stack of [`Model::stacks`], in that order. Batch norms
+    /// outside the stacks use batch statistics (running statistics under `BnMode::Frozen`).
+    pub fn forward_train(
+        &self,
+        x: Tensor<4>,
+        mode: GradMode,
+        bn: BnMode,
+    ) -> (Tensor<2>, Vec<StackRun<4>>) {
+        match self {
+            Model::Tiny(m) => m.forward_train(x, mode, bn),
+            Model::Cifar(m) => m.forward_train(x, mode, bn),
+        }
+    }
+
+    /// Inference logits (running statistics, no graph; the result is a plain tensor).
+    pub fn forward_eval(&self, x: Tensor<4>) -> Tensor<2> {
+        let x = x.detach().without_autodiff();
+        match plain_view(self) {
+            Model::Tiny(m) => m.forward_plain(x),
+            Model::Cifar(m) => m.forward_plain(x),
+        }
+    }
+
+    /// The residual stacks, in forward order.
+    pub fn stacks(&self) -> Vec<&Stack<ConvBlock>> {
+        match self {
+            Model::Tiny(m) => vec![&m.stack],
+            Model::Cifar(m) => m.stacks(),
+        }
+    }
+
+    /// Whether every stack shares one function over depth.
+    pub fn is_tied(&self) -> bool {
+        let stacks = self.stacks();
+        !stacks.is_empty() && stacks.iter().all(|s| s.functions.len() == 1)
+    }
+
+    /// An independent copy where every stack's shared function becomes N independent copies:
+    /// the same outputs before training, separate parameters after (paper.md §3.5).
+    pub fn untie(&self) -> Model {
+        match self {
+            Model::Tiny(m) => Model::Tiny(TinyResNet {
+                stem: independent_copy(&m.stem),
+                stack: m.stack.untie(),
+                head: independent_copy(&m.head),
+                pool: m.pool,
+            }),
+            Model::Cifar(m) => Model::Cifar(CifarResNet {
+                stem: independent_copy(&m.stem),
+                stages: m.stages.iter().map(untie_stage).collect(),
+                head: independent_copy(&m.head),
+            }),
+        }
+    }
+
+    /// The same model integrating every stack with `depth` steps' worth of functions: for tied
+    /// models, a finer or coarser discretisation of the same ODE (the "ODE-like" test of
+    /// paper.md §3.2). Untied models only accept their own depth.
+    pub fn with_depth(self, depth: usize) -> Result<Model> {
+        let stacks = self.stacks();
+        if stacks.iter().all(|s| s.depth == depth) {
+            return Ok(self);
+        }
+        if !self.is_tied() {
+            return Err(Error::invalid(
+                "--depth",
+                format!("{depth}: only a tied model (--tied) can run at another depth than it was trained at"),
+            ));
+        }
+        match self {
+            Model::Tiny(m) => Ok(Model::Tiny(TinyResNet {
+                stack: retie(m.stack, depth)?,
+                ..m
+            })),
+            Model::Cifar(m) => {
+                let stages = m
+                    .stages
+                    .into_iter()
+                    .map(|s| stage_with_depth(s, depth))
+                    .collect::<Result<_>>()?;
+                Ok(Model::Cifar(CifarResNet { stages, ..m }))
+            }
+        }
+    }
+}
+
+fn untie_stage(s: &Stage) -> Stage {
+    Stage {
+        first: independent_copy(&s.first),
+        rest: match &s.rest {
+            Rest::Scaled(stack) => Rest::Scaled(stack.untie()),
+            Rest::Original(blocks) => Rest::Original(blocks.iter().map(independent_copy).collect()),
+        },
+    }
+}
+
+fn stage_with_depth(s: Stage, depth: usize) -> Result<Stage> {
+    let rest = match s.rest {
+        Rest::Scaled(stack) => Rest::Scaled(retie(stack, depth)?),
+        original => original,
+    };
+    Ok(Stage { rest, ..s })
+}
+
+/// A tied stack's function used `depth` times.
+fn retie(stack: Stack<ConvBlock>, depth: usize) -> Result<Stack<ConvBlock>> {
+    let scheme: Scheme = stack.scheme;
+    match stack.functions.into_iter().next() {
+        Some(f) => Stack::tied(f, depth, scheme),
+        None => Err(Error::invalid("--depth", "the stack has no residual function")),
+    }
+}
