@@ -30,8 +30,9 @@ use std::time::Instant;
 /// A benchmark workload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum Workload {
-    /// The paper's memory experiment: batch 500, d = 500, MLP 500→8→500 tanh.
-    Mlp,
+    /// The paper's memory experiment: batch 500, d = 500, one MLP 500→8→500 tanh shared by
+    /// all N layers (tied, as `memory.py`), or N independent ones.
+    Mlp { tied: bool },
     /// TinyResNet's conv block, batch 128, `C` channels, 10×10.
     Conv(usize),
 }
@@ -40,12 +41,13 @@ impl FromStr for Workload {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
         match s {
-            "mlp" => Ok(Workload::Mlp),
+            "mlp" => Ok(Workload::Mlp { tied: true }),
+            "mlp-untied" => Ok(Workload::Mlp { tied: false }),
             _ => match s.strip_prefix("conv").map(str::parse::<usize>) {
                 Some(Ok(c)) if c > 0 => Ok(Workload::Conv(c)),
                 _ => Err(Error::invalid(
                     "--workloads",
-                    format!("`{s}`: expected mlp or convC (e.g. conv16, conv64)"),
+                    format!("`{s}`: expected mlp, mlp-untied or convC (e.g. conv16, conv64)"),
                 )),
             },
         }
@@ -55,7 +57,8 @@ impl FromStr for Workload {
 impl std::fmt::Display for Workload {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Workload::Mlp => write!(f, "mlp500x8"),
+            Workload::Mlp { tied: true } => write!(f, "mlp-tied"),
+            Workload::Mlp { tied: false } => write!(f, "mlp-untied"),
             Workload::Conv(c) => write!(f, "conv{c}"),
         }
     }
@@ -93,15 +96,20 @@ pub struct BenchConfig {
 pub fn measure(p: &Placement, w: Workload, cfg: &BenchConfig) -> Result<BenchRecord> {
     let mut rng = Rng::new(cfg.seed);
     match w {
-        Workload::Mlp => {
+        Workload::Mlp { tied } => {
             let m = MlpConfig {
                 dim: 500,
                 hidden: 8,
                 activation: Activation::Tanh,
             };
-            let fs = Family::Iid.functions(cfg.depth, &mut rng, |r| m.init(p, r));
+            let stack = if tied {
+                Stack::tied(m.init(p, &mut rng), cfg.depth, cfg.scheme)?
+            } else {
+                let fs = Family::Iid.functions(cfg.depth, &mut rng, |r| m.init(p, r));
+                Stack::new(fs, cfg.scheme)?
+            };
             let x = p.tensor((0..500 * 500).map(|_| rng.uniform()).collect(), [500, 500]);
-            time_steps(p, w, &Stack::new(fs, cfg.scheme)?, x, cfg)
+            time_steps(p, w, &stack, x, cfg)
         }
         Workload::Conv(c) => {
             let b = ConvBlockConfig {
@@ -145,7 +153,11 @@ where
         let grads = step();
         times.push(t0.elapsed().as_secs_f64() * 1e3);
         let grad_bytes = memory::live_bytes().saturating_sub(base);
-        peak = peak.max(memory::peak_bytes().saturating_sub(base).saturating_sub(grad_bytes));
+        peak = peak.max(
+            memory::peak_bytes()
+                .saturating_sub(base)
+                .saturating_sub(grad_bytes),
+        );
         held = held.max(grad_bytes);
         drop(grads);
     }

@@ -240,26 +240,39 @@ impl<F: Module + ModuleDisplay> Stack<F> {
     where
         F: Residual<D>,
     {
+        // With tied weights the reversal of step n−1 starts by evaluating f at x̃_n, which the
+        // vector-Jacobian product of step n has just evaluated: reuse it (not evaluating what
+        // was already evaluated saves one function evaluation per step for Euler). Only when
+        // the evaluation does not depend on the pass (no batch statistics) and the state is
+        // the reconstructed one (not the per-step variant's true outputs).
+        let reuse = exact.is_none()
+            && self.is_tied()
+            && (bn == BnMode::Frozen || !self.functions[0].has_batch_norm());
+        let mut first_stage = None;
         let mut x = x_n;
         for n in (0..self.steps()).rev() {
             if let Some(states) = exact {
                 x = states[n + 1].clone();
             }
-            let x_prev = self.reverse_step(n, x, bn, stats);
-            g = self.vjp_step(n, x_prev.clone(), g, bn, stats, grads);
+            let x_prev = self.reverse_step(n, x, bn, stats, first_stage.take());
+            let (g_prev, k0) = self.vjp_step(n, x_prev.clone(), g, bn, stats, grads);
+            g = g_prev;
+            first_stage = k0.filter(|_| reuse);
             x = x_prev;
         }
         g
     }
 
     /// The scheme's inverse step n without a graph, normalising with the statistics the
-    /// forward recorded for the mirrored evaluation.
+    /// forward recorded for the mirrored evaluation; `first_stage`, when given, is the value of
+    /// the first stage, already evaluated.
     fn reverse_step<const D: usize>(
         &self,
         n: usize,
         x: Tensor<D>,
         bn: BnMode,
         stats: &mut SiteStats,
+        mut first_stage: Option<Tensor<D>>,
     ) -> Tensor<D>
     where
         F: Residual<D>,
@@ -273,6 +286,9 @@ impl<F: Module + ModuleDisplay> Stack<F> {
         };
         self.scheme
             .inverse_step(n, self.h(), x, |stage, layer, xi| {
+                if let Some(k) = first_stage.take().filter(|_| stage == 0) {
+                    return k;
+                }
                 let site = n * stages + self.scheme.mirror_stage(stage);
                 self.eval(layer, xi, &mut pass, site)
             })
@@ -291,13 +307,15 @@ impl<F: Module + ModuleDisplay> Stack<F> {
         };
         let mut x = run.output.detach().without_autodiff();
         for n in (0..self.steps()).rev() {
-            x = self.reverse_step(n, x, bn, &mut stats);
+            x = self.reverse_step(n, x, bn, &mut stats, None);
         }
         let norm = |t: Tensor<D>| crate::device::to_vec(&t.square().sum())[0].sqrt();
         norm(x - x0.clone()) / norm(x0)
     }
 
-    /// Backpropagate `g` through step n recomputed from `x`; returns the gradient at `x`.
+    /// Backpropagate `g` through step n recomputed from `x`; returns the gradient at `x` and
+    /// the value of the first stage (f_n at `x`). As x_{n+1} = x_n + h Σ b_i k_i, the vector-Jacobian product is g plus the gradient of
+    /// Σ_i ⟨k_i, h b_i g⟩: only the stages go on the graph, not the step's sums.
     fn vjp_step<const D: usize>(
         &self,
         n: usize,
@@ -306,7 +324,7 @@ impl<F: Module + ModuleDisplay> Stack<F> {
         bn: BnMode,
         stats: &mut SiteStats,
         grads: &mut GradientsParams,
-    ) -> Tensor<D>
+    ) -> (Tensor<D>, Option<Tensor<D>>)
     where
         F: Residual<D>,
     {
@@ -317,8 +335,27 @@ impl<F: Module + ModuleDisplay> Stack<F> {
             stats: Some(stats),
             plain: false,
         };
-        let y = self.integrate(leaf.clone(), n, n + 1, &mut pass, |_, _| {});
-        self.pull_back(y, g, &leaf, n..n + 1 + self.scheme.reach(), grads)
+        let h = self.h();
+        let ks = self
+            .scheme
+            .stage_values(n, h, leaf.clone(), |stage, layer, xi| {
+                self.eval(layer, xi, &mut pass, n * self.scheme.stages() + stage)
+            });
+        let first = ks.first().map(|k| k.clone().detach().without_autodiff());
+        let weights = self.scheme.tableau().b;
+        let s = ks
+            .into_iter()
+            .zip(weights)
+            .map(|(k, b)| (k * like(g.clone() * (h * b), &leaf)).sum())
+            .reduce(|a, b| a + b);
+        let Some(s) = s else { return (g, first) };
+        let mut back = s.backward();
+        self.collect(&mut back, n..n + 1 + self.scheme.reach(), grads);
+        let g_prev = match leaf.grad_remove(&mut back) {
+            Some(gx) => g + gx.without_autodiff(),
+            None => g,
+        };
+        (g_prev, first)
     }
 
     /// Exact gradients by recomputing each checkpointed segment with a graph.
@@ -363,17 +400,26 @@ impl<F: Module + ModuleDisplay> Stack<F> {
         grads: &mut GradientsParams,
     ) -> Tensor<D> {
         let mut back = (y * g.clone().autodiff()).sum().backward();
-        let g_in = leaf
-            .grad_remove(&mut back)
-            .unwrap_or_else(|| g.zeros_like());
+        self.collect(&mut back, layers, grads);
+        leaf.grad_remove(&mut back)
+            .unwrap_or_else(|| g.zeros_like())
+            .without_autodiff()
+    }
+
+    /// Move the gradients of the functions of `layers` out of one backward pass into `grads`.
+    fn collect(
+        &self,
+        back: &mut Gradients,
+        layers: std::ops::Range<usize>,
+        grads: &mut GradientsParams,
+    ) {
         if self.functions.len() == 1 {
-            accumulate(grads, &mut back, &self.functions[0]);
+            accumulate(grads, back, &self.functions[0]);
         } else {
             for l in layers.take_while(|&l| l < self.depth) {
-                accumulate(grads, &mut back, &self.functions[l]);
+                accumulate(grads, back, &self.functions[l]);
             }
         }
-        g_in.without_autodiff()
     }
 
     /// Gradients of `loss(x_N)` with respect to the stack's parameters and its input `x0`.

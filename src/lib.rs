@@ -29,3 +29,4 @@ pub mod params;
 pub mod residual;
 pub mod scheme;
 pub mod stack;
+pub mod train;

@@ -133,6 +133,19 @@ impl Scheme {
         rk_step(t, -h, x_next, |i| n + reach - t.c[i], f)
     }
 
+    /// The stage values k_i of step n (the step is `x + h Σ b_i k_i`): what the adjoint
+    /// differentiates, so it never builds the full step on the graph.
+    pub fn stage_values<const D: usize>(
+        self,
+        n: usize,
+        h: f64,
+        x: Tensor<D>,
+        f: impl FnMut(usize, usize, Tensor<D>) -> Tensor<D>,
+    ) -> Vec<Tensor<D>> {
+        let t = self.tableau();
+        rk_stages(t, h, x, |i| n + t.c[i], f)
+    }
+
     /// The forward stage that evaluates the same layer as reversal stage `i`.
     pub fn mirror_stage(self, i: usize) -> usize {
         let t = self.tableau();
@@ -147,8 +160,20 @@ fn rk_step<const D: usize>(
     h: f64,
     x: Tensor<D>,
     node: impl Fn(usize) -> usize,
-    mut f: impl FnMut(usize, usize, Tensor<D>) -> Tensor<D>,
+    f: impl FnMut(usize, usize, Tensor<D>) -> Tensor<D>,
 ) -> Tensor<D> {
+    let k = rk_stages(t, h, x.clone(), node, f);
+    rk_combine(t, h, x, k)
+}
+
+/// The stage values k_i of one step.
+fn rk_stages<const D: usize>(
+    t: &Tableau,
+    h: f64,
+    x: Tensor<D>,
+    node: impl Fn(usize) -> usize,
+    mut f: impl FnMut(usize, usize, Tensor<D>) -> Tensor<D>,
+) -> Vec<Tensor<D>> {
     let mut k: Vec<Tensor<D>> = Vec::with_capacity(t.b.len());
     for (i, row) in t.a.iter().enumerate() {
         let xi = row
@@ -157,6 +182,11 @@ fn rk_step<const D: usize>(
             .fold(x.clone(), |acc, (a, kj)| acc + kj.clone() * (h * a));
         k.push(f(i, node(i), xi));
     }
+    k
+}
+
+/// x + h Σ b_i k_i.
+fn rk_combine<const D: usize>(t: &Tableau, h: f64, x: Tensor<D>, k: Vec<Tensor<D>>) -> Tensor<D> {
     k.into_iter()
         .zip(t.b)
         .fold(x, |acc, (ki, b)| acc + ki * (h * b))

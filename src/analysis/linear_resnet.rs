@@ -6,6 +6,7 @@
 //! a limit θ(t) at rate 1/N, uniformly in training time.
 
 use crate::device::{to_vec, Placement, Precision};
+use crate::rng::Rng;
 use crate::{Error, Result};
 use burn::tensor::Tensor;
 
@@ -52,7 +53,7 @@ impl LinearWeights {
     /// (depth M, a multiple of N) at the same depth positions t = n/N.
     pub fn distance_to(&self, reference: &LinearWeights) -> Result<f64> {
         let (n, m) = (self.depth, reference.depth);
-        if reference.dim != self.dim || m % n != 0 {
+        if reference.dim != self.dim || !m.is_multiple_of(n) {
             return Err(Error::invalid(
                 "--ref-depth",
                 format!("the reference depth {m} must be a multiple of every depth (got {n})"),
@@ -163,4 +164,51 @@ pub fn train(
     let (loss, _) = loss_and_grad(&w, target)?;
     visit(steps, &w, loss);
     Ok(w)
+}
+
+/// A target `B = I + randn(d, d)` (paper.md §3.1) that the network can reach: every
+/// `∏ (I + A_n/N)` met along training from zero has a positive determinant, so a draw with
+/// det B ≤ 0 is redrawn from the same stream. Without this, gradient descent cannot bring the
+/// loss near 0 and wanders (the paper's result assumes a small enough initial loss).
+pub fn reachable_target(dim: usize, rng: &mut Rng) -> Result<Vec<f64>> {
+    for _ in 0..1000 {
+        let b: Vec<f64> = (0..dim * dim)
+            .map(|k| rng.normal() + if k / dim == k % dim { 1.0 } else { 0.0 })
+            .collect();
+        if determinant(&b, dim) > 0.0 {
+            return Ok(b);
+        }
+    }
+    Err(Error::invalid(
+        "--dim",
+        format!("no target I + randn with a positive determinant found for d = {dim}"),
+    ))
+}
+
+/// Determinant by Gaussian elimination with partial pivoting (d×d row-major).
+fn determinant(m: &[f64], d: usize) -> f64 {
+    let mut a = m.to_vec();
+    let mut det = 1.0;
+    for c in 0..d {
+        let pivot = (c..d)
+            .max_by(|&i, &j| a[i * d + c].abs().total_cmp(&a[j * d + c].abs()))
+            .unwrap_or(c);
+        if a[pivot * d + c] == 0.0 {
+            return 0.0;
+        }
+        if pivot != c {
+            for k in 0..d {
+                a.swap(c * d + k, pivot * d + k);
+            }
+            det = -det;
+        }
+        det *= a[c * d + c];
+        for r in c + 1..d {
+            let f = a[r * d + c] / a[c * d + c];
+            for k in c..d {
+                a[r * d + k] -= f * a[c * d + k];
+            }
+        }
+    }
+    det
 }

@@ -22,7 +22,8 @@ pub struct BenchArgs {
     /// Depths N (comma-separated). Default: 8,64,512,4096 (memory) or 8,64,512 (speed).
     #[arg(long, value_delimiter = ',')]
     depths: Vec<usize>,
-    /// Workloads: mlp (batch 500, MLP 500→8→500 tanh), convC (batch 128, C channels, 10×10).
+    /// Workloads: mlp (batch 500, one MLP 500→8→500 tanh shared by all layers, as the paper),
+    /// mlp-untied (N independent MLPs), convC (TinyResNet block, batch 128, C channels, 10×10).
     #[arg(long, value_delimiter = ',', default_value = "mlp,conv16")]
     workloads: Vec<String>,
     /// Gradient modes: backprop, adjoint, adjoint-per-step, checkpoint:K.
@@ -52,7 +53,11 @@ pub fn run(b: &Bench) -> anyhow::Result<()> {
         Bench::Speed(a) => (a, vec![8, 64, 512], 5),
     };
     let p = args.device.placement()?;
-    let depths = if args.depths.is_empty() { default_depths } else { args.depths.clone() };
+    let depths = if args.depths.is_empty() {
+        default_depths
+    } else {
+        args.depths.clone()
+    };
     let workloads: Vec<Workload> = parse_all(&args.workloads)?;
     let modes: Vec<GradMode> = parse_all(&args.modes)?;
     let schemes: Vec<Scheme> = parse_all(&args.schemes)?;
@@ -60,7 +65,9 @@ pub fn run(b: &Bench) -> anyhow::Result<()> {
         eprintln!("note: heap counting is off; memory columns read 0");
     }
     println!("Measured: peak heap bytes of one training step above the live baseline, minus the");
-    println!("gradients still held when it returns (measured); step time: median over repetitions.");
+    println!(
+        "gradients still held when it returns (measured); step time: median over repetitions."
+    );
     println!("device {} dtype {}", args.device.device, args.device.dtype);
     println!(
         "{:<10} {:<6} {:<17} {:>6} {:>12} {:>11} {:>11} {:>10}",
@@ -97,7 +104,9 @@ pub fn run(b: &Bench) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn parse_all<T: std::str::FromStr<Err = resnet_ode::Error>>(v: &[String]) -> anyhow::Result<Vec<T>> {
+fn parse_all<T: std::str::FromStr<Err = resnet_ode::Error>>(
+    v: &[String],
+) -> anyhow::Result<Vec<T>> {
     Ok(v.iter().map(|s| s.parse()).collect::<Result<Vec<T>, _>>()?)
 }
 

@@ -75,7 +75,10 @@ pub fn run(a: &Args) -> anyhow::Result<()> {
     let mode: GradMode = a.grad.parse()?;
     let bn: BnMode = a.bn.parse()?;
     if !matches!(mode, GradMode::Adjoint | GradMode::AdjointPerStep) {
-        anyhow::bail!("invalid --grad: `{}`: gradcheck compares adjoint or adjoint-per-step against backprop", a.grad);
+        anyhow::bail!(
+            "invalid --grad: `{}`: gradcheck compares adjoint or adjoint-per-step against backprop",
+            a.grad
+        );
     }
     if a.batch == 0 {
         anyhow::bail!("invalid --batch: 0: expected at least 1");
@@ -83,13 +86,20 @@ pub fn run(a: &Args) -> anyhow::Result<()> {
     let mut rng = Rng::new(a.seed);
     let (err, recon) = match a.residual.as_str() {
         "mlp" => {
-            let cfg = MlpConfig { dim: 16, hidden: 16, activation: Activation::Tanh };
+            let cfg = MlpConfig {
+                dim: 16,
+                hidden: 16,
+                activation: Activation::Tanh,
+            };
             let fs = family.functions(a.depth, &mut rng, |r| cfg.init(&p, r));
             let x = p.tensor(rng.normals(a.batch * 16), [a.batch, 16]);
             check(a, &p, Stack::new(fs, scheme)?, x, mode, bn)?
         }
         "conv" => {
-            let cfg = ConvBlockConfig { channels: 8, zero_init: false };
+            let cfg = ConvBlockConfig {
+                channels: 8,
+                zero_init: false,
+            };
             let fs = family.functions(a.depth, &mut rng, |r| cfg.init(&p, r));
             let x = p.tensor(rng.normals(a.batch * 8 * 64), [a.batch, 8, 8, 8]);
             check(a, &p, Stack::new(fs, scheme)?, x, mode, bn)?
@@ -160,12 +170,21 @@ fn print(a: &Args, e: &GradientError, recon: f64) {
         "{} vs backprop: {} residual, N = {}, {} scheme, {} weights, seed {}",
         a.grad, a.residual, a.depth, a.scheme, a.weights, a.seed
     );
-    println!("{:<28} {:>10} {:>22}", "parameter tensor", "cosine", "mean(Δg²)/mean(g_b²)");
+    println!(
+        "{:<28} {:>10} {:>22}",
+        "parameter tensor", "cosine", "mean(Δg²)/mean(g_b²)"
+    );
     for t in &e.tensors {
-        println!("{:<28} {:>10.6} {:>22.3e}", t.name, t.cosine, t.rel_sq_error);
+        println!(
+            "{:<28} {:>10.6} {:>22.3e}",
+            t.name, t.cosine, t.rel_sq_error
+        );
     }
     println!("max_rel_sq_error      {:.3e}", e.max_rel_sq_error);
     println!("min_cosine            {:.6}", e.min_cosine);
-    println!("relative_error        {:.3e}  (‖g_a − g_b‖/‖g_b‖ over all parameters)", e.relative_error);
+    println!(
+        "relative_error        {:.3e}  (‖g_a − g_b‖/‖g_b‖ over all parameters)",
+        e.relative_error
+    );
     println!("reconstruction_error  {recon:.3e}  (‖x̃_0 − x_0‖/‖x_0‖)");
 }

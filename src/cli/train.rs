@@ -1,17 +1,249 @@
-//! `resnet-ode train` and `resnet-ode eval` (being written).
+//! `resnet-ode train` and `resnet-ode eval`: flags in, the library's trainer, a summary out.
 
-/// Train a model.
+use super::DeviceArgs;
+use anyhow::Context;
+use resnet_ode::data::{Batch, DataSpec};
+use resnet_ode::grad::GradMode;
+use resnet_ode::memory;
+use resnet_ode::models::{Arch, ModelSpec};
+use resnet_ode::rng::Rng;
+use resnet_ode::train::{
+    eval_run, step_memory, OptimizerConfig, TrainConfig, TrainOptions, TrainResult,
+};
+use std::path::PathBuf;
+
+/// Train a ResNet on images in any gradient mode.
 #[derive(clap::Args, Debug)]
-pub struct TrainArgs {}
-
-/// Evaluate a run.
-#[derive(clap::Args, Debug)]
-pub struct EvalArgs {}
-
-pub fn train(_a: &TrainArgs) -> anyhow::Result<()> {
-    anyhow::bail!("train: not available in this build yet")
+pub struct TrainArgs {
+    /// Dataset: digits (built in), mnist:DIR, fashion-mnist:DIR, cifar10:DIR, cifar100:DIR,
+    /// images:DIR.
+    #[arg(long, default_value = "digits")]
+    data: String,
+    /// Model: tiny (the paper's TinyResNet) or cifar-resnet20/32/44/56/110/1202.
+    #[arg(long, default_value = "tiny")]
+    model: String,
+    /// One residual function per stack, used at every depth (the ODE-like model).
+    #[arg(long)]
+    tied: bool,
+    /// CIFAR ResNets: He et al.'s unscaled blocks, relu(x + f(x)) (backprop only).
+    #[arg(long)]
+    original: bool,
+    /// Residual functions per stack (TinyResNet: default 8; CIFAR ResNets: fixed by the name).
+    #[arg(long)]
+    depth: Option<usize>,
+    /// Depth-integration scheme: euler or heun.
+    #[arg(long, default_value = "euler")]
+    scheme: String,
+    /// Gradient mode: backprop, adjoint, adjoint-per-step or checkpoint:K.
+    #[arg(long, default_value = "adjoint")]
+    grad: String,
+    /// Batch-norm policy under the adjoint: cached, frozen or recompute.
+    #[arg(long, default_value = "cached")]
+    bn: String,
+    #[arg(long, default_value_t = 15)]
+    epochs: usize,
+    #[arg(long, default_value_t = 64)]
+    batch_size: usize,
+    /// Base learning rate.
+    #[arg(long, default_value_t = 0.1)]
+    lr: f64,
+    /// sgd or adamw.
+    #[arg(long, default_value = "sgd")]
+    optimizer: String,
+    /// SGD momentum.
+    #[arg(long, default_value_t = 0.9)]
+    momentum: f64,
+    /// Nesterov momentum (SGD).
+    #[arg(long)]
+    nesterov: bool,
+    #[arg(long, default_value_t = 5e-4)]
+    weight_decay: f64,
+    /// Learning-rate schedule: cosine, step (÷10 after E/3 and 2E/3) or constant.
+    #[arg(long, default_value = "cosine")]
+    schedule: String,
+    /// Linear warm-up over this many epochs.
+    #[arg(long, default_value_t = 0.0)]
+    warmup: f64,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Augmentation (crop with padding 4, horizontal flip): on, off or auto (on for CIFAR).
+    #[arg(long, default_value = "auto")]
+    augment: String,
+    /// TinyResNet's channels.
+    #[arg(long, default_value_t = resnet_ode::models::DEFAULT_PLANES)]
+    planes: usize,
+    /// TinyResNet's piecewise-constant initialisation: distinct functions drawn.
+    #[arg(long, default_value_t = resnet_ode::models::DEFAULT_BASE_DEPTH)]
+    base_depth: usize,
+    /// Run directory (checkpoints, metrics.jsonl, run.json).
+    #[arg(long, default_value = "runs/digits")]
+    out: PathBuf,
+    /// Continue the run in --out from its last checkpoint.
+    #[arg(long)]
+    resume: bool,
+    /// Train on the first N training images only.
+    #[arg(long)]
+    limit_train: Option<usize>,
+    /// Evaluate on the first N test images only.
+    #[arg(long)]
+    limit_test: Option<usize>,
+    #[command(flatten)]
+    device: DeviceArgs,
 }
 
-pub fn eval(_a: &EvalArgs) -> anyhow::Result<()> {
-    anyhow::bail!("eval: not available in this build yet")
+/// Evaluate a run (a tied model at another depth: the ODE-like test).
+#[derive(clap::Args, Debug)]
+pub struct EvalArgs {
+    /// Run directory written by `resnet-ode train`.
+    #[arg(long)]
+    run: PathBuf,
+    /// Residual functions per stack (tied models only; default: the trained depth).
+    #[arg(long)]
+    depth: Option<usize>,
+    #[command(flatten)]
+    device: DeviceArgs,
+}
+
+impl TrainArgs {
+    /// The library configuration these flags name (each parse error names its flag).
+    fn config(&self) -> anyhow::Result<TrainConfig> {
+        let data: DataSpec = self.data.parse()?;
+        let augment = match self.augment.as_str() {
+            "on" => true,
+            "off" => false,
+            "auto" => data.default_augment(),
+            other => anyhow::bail!("invalid --augment: `{other}`: expected on, off or auto"),
+        };
+        let model = ModelSpec {
+            arch: self.model.parse::<Arch>()?,
+            depth: self.depth,
+            scheme: self.scheme.parse()?,
+            tied: self.tied,
+            original: self.original,
+            planes: self.planes,
+            base_depth: self.base_depth,
+        };
+        let optimizer = OptimizerConfig {
+            kind: self.optimizer.parse()?,
+            momentum: self.momentum,
+            nesterov: self.nesterov,
+            weight_decay: self.weight_decay,
+            ..OptimizerConfig::default()
+        };
+        Ok(TrainConfig {
+            data: data.to_string(),
+            model,
+            grad: self.grad.parse()?,
+            bn: self.bn.parse()?,
+            epochs: self.epochs,
+            batch_size: self.batch_size,
+            lr: self.lr,
+            optimizer,
+            schedule: self.schedule.parse()?,
+            warmup_epochs: self.warmup,
+            seed: self.seed,
+            limit_train: self.limit_train,
+            limit_test: self.limit_test,
+            augment,
+        })
+    }
+}
+
+pub fn train(a: &TrainArgs) -> anyhow::Result<()> {
+    let config = a.config()?;
+    let placement = a.device.placement()?;
+    let options = TrainOptions {
+        out: Some(a.out.clone()),
+        resume: a.resume,
+        progress: true,
+        stop_after: None,
+    };
+    println!(
+        "training {} (depth {}, {}, {} gradients, BN {}) on {} for {} epochs → {}",
+        config.model.arch,
+        config.model.stack_depth()?,
+        config.model.scheme,
+        config.grad,
+        config.bn,
+        config.data,
+        config.epochs,
+        a.out.display()
+    );
+    let result = resnet_ode::train::train(&config, &placement, &options)?;
+    summarise(&result);
+    compare_memory(&result, &config, &placement);
+    Ok(())
+}
+
+/// Final and best test accuracy, and the time spent.
+fn summarise(result: &TrainResult) {
+    let Some(last) = result.history.last() else {
+        return;
+    };
+    let seconds: f64 = result.history.iter().map(|m| m.seconds).sum();
+    println!(
+        "test accuracy {:.2}% after {} epochs (best {:.2}%); test loss {:.4}; training {:.1} s, {:.0} images/s",
+        100.0 * last.test_acc,
+        last.epoch,
+        100.0 * result.best_test_acc(),
+        last.test_loss,
+        seconds,
+        last.images_per_sec
+    );
+}
+
+/// The activation memory of one training step in the run's mode next to what backprop (or,
+/// for a backprop run, the adjoint) needs, both measured on one step of a copy of the model
+/// with a random batch of the training shape.
+fn compare_memory(result: &TrainResult, config: &TrainConfig, p: &resnet_ode::device::Placement) {
+    if !memory::is_counting() {
+        return;
+    }
+    let other = if config.grad == GradMode::Backprop {
+        GradMode::Adjoint
+    } else {
+        GradMode::Backprop
+    };
+    let i = result.input;
+    let b = config.batch_size;
+    let batch = Batch {
+        images: Rng::new(1)
+            .normals(b * i.channels * i.height * i.width)
+            .into_iter()
+            .map(|v| v as f32)
+            .collect(),
+        labels: (0..b).map(|k| k % i.classes).collect(),
+        batch: b,
+        channels: i.channels,
+        height: i.height,
+        width: i.width,
+    };
+    let measure = |mode| step_memory(&result.model, p, &batch, i.classes, mode, config.bn);
+    let (ours, theirs) = (measure(config.grad), measure(other));
+    let mib = |bytes: usize| bytes as f64 / (1024.0 * 1024.0);
+    println!(
+        "activation memory of one step (batch {b}, measured): {} {:.2} MiB; {} would need {:.2} MiB ({:.1}×)",
+        config.grad,
+        mib(ours),
+        other,
+        mib(theirs),
+        theirs as f64 / ours.max(1) as f64
+    );
+}
+
+pub fn eval(a: &EvalArgs) -> anyhow::Result<()> {
+    let placement = a.device.placement()?;
+    let r = eval_run(&a.run, a.depth, &placement)
+        .with_context(|| format!("evaluating the run in {}", a.run.display()))?;
+    println!(
+        "{}: depth {} (trained at {}, {} epochs): test accuracy {:.2}%, test loss {:.4} on {} images",
+        a.run.display(),
+        r.depth,
+        r.trained_depth,
+        r.epochs,
+        100.0 * r.test_acc,
+        r.test_loss,
+        r.examples
+    );
+    Ok(())
 }

@@ -8,8 +8,8 @@
 //! are smooth in depth (otherwise only O(1/N)). Reference slopes (paper.md §2, MLP): Euler −1.0
 //! smooth / −1.5 i.i.d.; Heun −3.0 smooth / −1.5 i.i.d.
 
-use super::{check_depths, f64_placement, normal_input, num, powers_of_two, progress, slope};
 use super::Outcome;
+use super::{check_depths, f64_placement, normal_input, num, powers_of_two, progress, slope};
 use crate::data::digits;
 use crate::device::Placement;
 use crate::family::Family;
@@ -130,7 +130,11 @@ pub struct Data {
 
 /// Runs the sweep for `measure`. Errors on a bad setting before any work.
 pub fn run(cfg: &Config, measure: Measure, show_progress: bool) -> Result<Data> {
-    let min = if cfg.schemes.contains(&Scheme::Heun) { 2 } else { 1 };
+    let min = if cfg.schemes.contains(&Scheme::Heun) {
+        2
+    } else {
+        1
+    };
     check_depths(&cfg.depths, min)?;
     if cfg.batch == 0 || cfg.mlp_dim == 0 || cfg.mlp_hidden == 0 || cfg.channels == 0 {
         return Err(Error::invalid(
@@ -287,11 +291,13 @@ where
     Ok(point)
 }
 
-/// The paper's bound on the error's slope: Euler −1 (Lipschitz f); Heun −2 when the weights are
-/// smooth in depth (piecewise-constant ones are, away from K − 1 jumps), −1 otherwise.
+/// The paper's bound on the error's slope: Heun −2 when the weights are smooth in depth
+/// (f_{n+1} − f_n = O(1/N) at every layer), −1 otherwise (Euler, or weights that jump:
+/// piecewise-constant weights jump K − 1 times, which already costs O(K/N²) in the
+/// reconstruction and more in the gradient of ReLU/BN conv blocks).
 pub fn bound(scheme: Scheme, family: Family) -> f64 {
     match (scheme, family) {
-        (Scheme::Heun, Family::Smooth | Family::Piecewise(_)) => -2.0,
+        (Scheme::Heun, Family::Smooth) => -2.0,
         _ => -1.0,
     }
 }
@@ -326,7 +332,10 @@ pub fn claims(data: &Data) -> Vec<Claim> {
     groups(data)
         .into_iter()
         .filter_map(|(kind, scheme, family, rows)| {
-            let (s, f) = (scheme.parse::<Scheme>().ok()?, family.parse::<Family>().ok()?);
+            let (s, f) = (
+                scheme.parse::<Scheme>().ok()?,
+                family.parse::<Family>().ok()?,
+            );
             let ns: Vec<usize> = rows.iter().map(|r| r.depth).collect();
             let ys: Vec<f64> = rows.iter().map(|r| r.error).collect();
             let reference = match (kind.as_str(), reference(s, f)) {
@@ -334,7 +343,10 @@ pub fn claims(data: &Data) -> Vec<Claim> {
                 _ => String::new(),
             };
             Some(Claim::bound(
-                format!("{}, {kind} {scheme} {family}: slope ≤ bound", data.measure.name()),
+                format!(
+                    "{}, {kind} {scheme} {family}: slope ≤ bound",
+                    data.measure.name()
+                ),
                 slope(&ns, &ys),
                 bound(s, f),
                 0.3,
@@ -385,7 +397,14 @@ pub fn write(data: &Data, dir: &Path) -> Result<Outcome> {
             label: "slope −1 (Euler bound)".into(),
         };
         let title = format!("{} ({kind} stacks)", data.measure.name());
-        loglog(&dir.join(&stem), &title, "depth N", data.measure.quantity(), &series, Some(reference))?;
+        loglog(
+            &dir.join(&stem),
+            &title,
+            "depth N",
+            data.measure.quantity(),
+            &series,
+            Some(reference),
+        )?;
         figures.push_str(&format!("![{kind}]({stem}.png)\n"));
     }
     Ok(Outcome {
@@ -403,12 +422,19 @@ fn kind_series(data: &Data, kind: &str) -> Vec<Series> {
         .into_iter()
         .filter(|g| g.0 == kind)
         .map(|(_, scheme, family, rows)| {
-            let i = families.iter().position(|f| *f == family).unwrap_or_else(|| {
-                families.push(family.clone());
-                families.len() - 1
-            });
+            let i = families
+                .iter()
+                .position(|f| *f == family)
+                .unwrap_or_else(|| {
+                    families.push(family.clone());
+                    families.len() - 1
+                });
             let style = SeriesStyle::palette(i).markers();
-            let style = if scheme == "heun" { style.dashed() } else { style };
+            let style = if scheme == "heun" {
+                style.dashed()
+            } else {
+                style
+            };
             let pts = rows.iter().map(|r| (r.depth as f64, r.error)).collect();
             Series::new(format!("{scheme} {family}"), pts, style)
         })

@@ -6,8 +6,8 @@
 //! (they do converge, slowly, as independent discrepancies cancel like a random walk); the
 //! alternating weights θ_n = (−1)^n θ keep a gap that never closes, so the bound is tight.
 
-use super::{check_depths, f64_placement, normal_input, num, powers_of_two, progress, slope};
 use super::Outcome;
+use super::{check_depths, f64_placement, normal_input, num, powers_of_two, progress, slope};
 use crate::analysis::neural_ode::{resnet_to_ode, Distance, Interpolation, OdeSolver};
 use crate::family::Family;
 use crate::plot::{loglog, RefSlope, Series, SeriesStyle};
@@ -248,7 +248,11 @@ pub fn write(data: &Data, dir: &Path) -> Result<Outcome> {
     write_json(&dir.join("ode_distance.json"), data)?;
     for (stem, trajectory, what) in [
         ("ode_distance_final", false, "‖x_N − x(1)‖ / ‖x(1)‖"),
-        ("ode_distance_trajectory", true, "max_n ‖x_n − x(n/N)‖ / ‖x‖"),
+        (
+            "ode_distance_trajectory",
+            true,
+            "max_n ‖x_n − x(n/N)‖ / ‖x‖",
+        ),
     ] {
         let series: Vec<Series> = families(data)
             .iter()
@@ -294,7 +298,10 @@ pub fn write(data: &Data, dir: &Path) -> Result<Outcome> {
 }
 
 fn table(data: &Data) -> String {
-    let mut s = format!("{:<14} {:>6} {:>14} {:>14}\n", "family", "N", "final", "trajectory");
+    let mut s = format!(
+        "{:<14} {:>6} {:>14} {:>14}\n",
+        "family", "N", "final", "trajectory"
+    );
     for r in &data.rows {
         s.push_str(&format!(
             "{:<14} {:>6} {:>14.4e} {:>14.4e}\n",

@@ -42,7 +42,7 @@ impl CifarConfig {
     /// n, the basic blocks per stage.
     pub fn blocks_per_stage(&self) -> Result<usize> {
         let n = self.layers.saturating_sub(2) / 6;
-        if self.layers < 14 || (self.layers - 2) % 6 != 0 {
+        if self.layers < 14 || !(self.layers - 2).is_multiple_of(6) {
             return Err(Error::invalid(
                 "--model",
                 format!(
@@ -73,7 +73,9 @@ impl CifarConfig {
     /// A stage's blocks after the first.
     fn rest(&self, p: &Placement, rng: &mut Rng, c: usize, count: usize) -> Result<Rest> {
         if self.original {
-            let blocks = (0..count).map(|_| BasicBlock::new(p, rng, c, c, 1)).collect();
+            let blocks = (0..count)
+                .map(|_| BasicBlock::new(p, rng, c, c, 1))
+                .collect();
             return Ok(Rest::Original(blocks));
         }
         let block = ConvBlockConfig {

@@ -22,7 +22,14 @@ pub struct StridedConv {
 impl StridedConv {
     /// `k×k` convolution `cin → cout` with the given stride and padding (no bias, as every
     /// convolution followed by a batch norm in the papers).
-    pub fn new(p: &Placement, rng: &mut Rng, channels: [usize; 2], k: usize, stride: usize, padding: usize) -> Self {
+    pub fn new(
+        p: &Placement,
+        rng: &mut Rng,
+        channels: [usize; 2],
+        k: usize,
+        stride: usize,
+        padding: usize,
+    ) -> Self {
         let mut conv = Conv::new(p, rng, channels[0], channels[1], k, false);
         conv.padding = padding;
         Self { conv, stride }
@@ -50,7 +57,14 @@ pub struct Stem {
 }
 
 impl Stem {
-    pub fn new(p: &Placement, rng: &mut Rng, channels: [usize; 2], k: usize, stride: usize, padding: usize) -> Self {
+    pub fn new(
+        p: &Placement,
+        rng: &mut Rng,
+        channels: [usize; 2],
+        k: usize,
+        stride: usize,
+        padding: usize,
+    ) -> Self {
         Self {
             conv: StridedConv::new(p, rng, channels, k, stride, padding),
             bn: BatchNorm::new(p, channels[1]),

@@ -63,7 +63,7 @@ impl FromStr for Arch {
             .strip_prefix("cifar-resnet")
             .and_then(|l| l.parse::<usize>().ok());
         match layers {
-            Some(l) if l >= 14 && (l - 2) % 6 == 0 => Ok(Arch::CifarResNet(l)),
+            Some(l) if l >= 14 && (l - 2).is_multiple_of(6) => Ok(Arch::CifarResNet(l)),
             _ => Err(Error::invalid(
                 "--model",
                 format!("`{s}`: expected tiny or cifar-resnetL with L = 6n+2, n ≥ 2 (cifar-resnet20, 32, 44, 56, 110, 1202)"),
@@ -134,16 +134,25 @@ impl ModelSpec {
     /// Checks the combination of settings against a gradient mode, naming the flag at fault.
     pub fn check(&self, mode: GradMode) -> Result<()> {
         if self.original && self.arch == Arch::Tiny {
-            return Err(Error::invalid("--original", "applies to the cifar-resnet models only"));
+            return Err(Error::invalid(
+                "--original",
+                "applies to the cifar-resnet models only",
+            ));
         }
         if self.original && self.tied {
-            return Err(Error::invalid("--original", "the unscaled original has no tied variant; drop --tied"));
+            return Err(Error::invalid(
+                "--original",
+                "the unscaled original has no tied variant; drop --tied",
+            ));
         }
         if self.original && mode != GradMode::Backprop {
             return Err(Error::invalid("--grad", format!("{mode}: the unscaled original (--original) applies a ReLU after every addition, which cannot be inverted; use --grad backprop")));
         }
         if self.arch == Arch::Tiny && (self.planes == 0 || self.stack_depth()? == 0) {
-            return Err(Error::invalid("--depth", "TinyResNet needs at least one residual function"));
+            return Err(Error::invalid(
+                "--depth",
+                "TinyResNet needs at least one residual function",
+            ));
         }
         self.stack_depth().map(|_| ())
     }
@@ -293,6 +302,9 @@ fn retie(stack: Stack<ConvBlock>, depth: usize) -> Result<Stack<ConvBlock>> {
     let scheme: Scheme = stack.scheme;
     match stack.functions.into_iter().next() {
         Some(f) => Stack::tied(f, depth, scheme),
-        None => Err(Error::invalid("--depth", "the stack has no residual function")),
+        None => Err(Error::invalid(
+            "--depth",
+            "the stack has no residual function",
+        )),
     }
 }

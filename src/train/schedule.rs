@@ -72,7 +72,11 @@ impl Schedule {
         };
         let global = (at.epoch * at.steps_per_epoch + at.step + 1) as f64;
         let warm = warmup_epochs * at.steps_per_epoch as f64;
-        let ramp = if warm > 0.0 { (global / warm).min(1.0) } else { 1.0 };
+        let ramp = if warm > 0.0 {
+            (global / warm).min(1.0)
+        } else {
+            1.0
+        };
         base * factor * ramp
     }
 }

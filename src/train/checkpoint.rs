@@ -1,0 +1,118 @@
+//! The files of a run directory, each written atomically:
+//!
+//! - `run.json`: the configuration, input shape and normalisation (written once; `eval` and
+//!   `--resume` rebuild the model from it);
+//! - `model-EEEE.safetensors`, `optimizer-EEEE.safetensors`: weights (with running statistics)
+//!   and optimizer buffers after epoch EEEE;
+//! - `state.json`: the epoch, RNG state, optimizer step count, metrics so far and the names of
+//!   the two files above. It is written last, so a kill at any point leaves the previous
+//!   complete checkpoint in force; the older files are deleted only afterwards;
+//! - `metrics.jsonl`: one line per finished epoch (rewritten from `state.json`'s history).
+
+use super::optim::OptimizerState;
+use super::{EpochMetrics, TrainConfig};
+use crate::data::Normalization;
+use crate::models::InputShape;
+use crate::report::{write_atomic, write_json};
+use crate::rng::Rng;
+use crate::{Error, Result};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use std::path::Path;
+
+pub const RUN_FILE: &str = "run.json";
+pub const STATE_FILE: &str = "state.json";
+pub const METRICS_FILE: &str = "metrics.jsonl";
+
+/// What a run directory records about how the model was built and fed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunRecord {
+    pub config: TrainConfig,
+    pub input: InputShape,
+    /// Training-set statistics applied to both sets.
+    pub normalization: Normalization,
+}
+
+/// Everything besides weights and buffers needed to continue a run exactly.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainState {
+    /// Epochs finished.
+    pub epoch: usize,
+    /// The data stream's generator after that epoch.
+    pub rng: Rng,
+    pub optimizer: OptimizerState,
+    pub history: Vec<EpochMetrics>,
+    /// File names (in the run directory) of the weights and optimizer buffers.
+    pub weights: String,
+    pub buffers: String,
+}
+
+/// Reads a JSON file, naming it in any error.
+pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::file(path, format!("cannot read: {e}")))?;
+    serde_json::from_str(&text)
+        .map_err(|e| Error::file(path, format!("not a valid {}: {e}", describe(path))))
+}
+
+fn describe(path: &Path) -> &'static str {
+    match path.file_name().and_then(|n| n.to_str()) {
+        Some(RUN_FILE) => "run record",
+        Some(STATE_FILE) => "training state",
+        _ => "JSON file",
+    }
+}
+
+/// The checkpoint file names for epoch `epoch`.
+pub fn file_names(epoch: usize) -> (String, String) {
+    (
+        format!("model-{epoch:04}.safetensors"),
+        format!("optimizer-{epoch:04}.safetensors"),
+    )
+}
+
+/// Writes `state.json`, then `metrics.jsonl`, then removes the files of `previous` (if other
+/// than the new ones).
+pub fn commit(dir: &Path, state: &TrainState, previous: Option<&TrainState>) -> Result<()> {
+    write_json(&dir.join(STATE_FILE), state)?;
+    write_metrics(dir, &state.history)?;
+    if let Some(prev) = previous {
+        for name in [&prev.weights, &prev.buffers] {
+            if *name != state.weights && *name != state.buffers {
+                // Best effort: a leftover file is harmless, the state names the live ones.
+                let _ = std::fs::remove_file(dir.join(name));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `metrics.jsonl`: one JSON object per epoch.
+pub fn write_metrics(dir: &Path, history: &[EpochMetrics]) -> Result<()> {
+    let path = dir.join(METRICS_FILE);
+    let mut text = String::new();
+    for m in history {
+        let line = serde_json::to_string(m)
+            .map_err(|e| Error::file(&path, format!("cannot serialize: {e}")))?;
+        text.push_str(&line);
+        text.push('\n');
+    }
+    write_atomic(&path, text.as_bytes())
+}
+
+/// The fields where a stored configuration differs from `config` (top-level names).
+pub fn config_differences(stored: &TrainConfig, config: &TrainConfig) -> Vec<String> {
+    // Both sides go through the same printer and parser, so equal settings compare equal.
+    let value = |c: &TrainConfig| {
+        serde_json::to_string(c)
+            .ok()
+            .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
+    };
+    match (value(stored), value(config)) {
+        (Some(serde_json::Value::Object(a)), Some(serde_json::Value::Object(b))) => a
+            .iter()
+            .filter(|(k, v)| b.get(*k) != Some(v))
+            .map(|(k, _)| k.clone())
+            .collect(),
+        _ => vec!["(unreadable configuration)".into()],
+    }
+}

@@ -1,0 +1,595 @@
+//! Training image classifiers in any gradient mode: SGD/AdamW, learning-rate schedules,
+//! cross-entropy, per-epoch metrics, a progress bar, and checkpoints that a killed run resumes
+//! from to exactly the numbers of an uninterrupted one.
+//!
+//! Determinism: the model is drawn from `Rng::derive(seed, "model init")`, the data order and
+//! augmentation from `Rng::derive(seed, "train batches")` (whose state is checkpointed after
+//! every epoch), and the optimizer buffers are saved exactly, so the same seed gives the same
+//! numbers and `train 2 epochs` equals `train 1 epoch, resume, train 1 more`.
+//!
+//! Activation memory: `activation_peak_bytes` is the largest heap peak of one training step's
+//! forward and backward above what was live before it (the counting allocator of
+//! [`crate::memory`]; 0 where it is not installed, as in tests). It includes the gradients and
+//! the batch loader's concurrent allocation of the next batch, not the optimizer update.
+
+mod checkpoint;
+mod loss;
+mod optim;
+mod schedule;
+
+pub use checkpoint::{read_json, RunRecord, TrainState, METRICS_FILE, RUN_FILE, STATE_FILE};
+pub use loss::{cross_entropy, score, DeviceBatch};
+pub use optim::{Optimizer, OptimizerConfig, OptimizerKind, OptimizerState};
+pub use schedule::{Progress, Schedule};
+
+use crate::data::{batches, Augment, Batch, DataSpec, Dataset, Normalization, Split};
+use crate::device::{to_vec, Placement};
+use crate::grad::{backward_through, GradMode};
+use crate::io::{load_weights, save_weights};
+use crate::models::{InputShape, Model, ModelSpec};
+use crate::norm::BnMode;
+use crate::params::independent_copy;
+use crate::report::{ensure_writable_dir, write_json};
+use crate::rng::Rng;
+use crate::{memory, Error, Result};
+use burn::optim::GradientsParams;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Batch size of the test-set evaluation (inference only, so any size gives the same numbers).
+pub const EVAL_BATCH: usize = 256;
+
+/// Everything that determines a run's numbers (stored in `run.json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    /// The `--data` string (see [`DataSpec`]).
+    pub data: String,
+    pub model: ModelSpec,
+    pub grad: GradMode,
+    pub bn: BnMode,
+    pub epochs: usize,
+    pub batch_size: usize,
+    /// Base learning rate (before schedule and warm-up).
+    pub lr: f64,
+    pub optimizer: OptimizerConfig,
+    pub schedule: Schedule,
+    pub warmup_epochs: f64,
+    pub seed: u64,
+    /// Train on the first N training examples only.
+    pub limit_train: Option<usize>,
+    /// Evaluate on the first N test examples only.
+    pub limit_test: Option<usize>,
+    /// Random crop (pad 4) and horizontal flip of the training images.
+    pub augment: bool,
+}
+
+impl Default for TrainConfig {
+    /// The main job: built-in digits, the paper's TinyResNet (depth 8, Euler) trained with the
+    /// memory-free adjoint, SGD 0.1 / momentum 0.9 / wd 5e-4, cosine schedule, batch 64, 15 epochs (about half a minute on 2 CPU cores).
+    fn default() -> Self {
+        Self {
+            data: "digits".into(),
+            model: ModelSpec::default(),
+            grad: GradMode::Adjoint,
+            bn: BnMode::Cached,
+            epochs: 15,
+            batch_size: 64,
+            lr: 0.1,
+            optimizer: OptimizerConfig::default(),
+            schedule: Schedule::Cosine,
+            warmup_epochs: 0.0,
+            seed: 0,
+            limit_train: None,
+            limit_test: None,
+            augment: false,
+        }
+    }
+}
+
+impl TrainConfig {
+    /// Rejects settings that cannot run, naming the flag.
+    pub fn check(&self) -> Result<()> {
+        if self.epochs == 0 {
+            return Err(Error::invalid("--epochs", "must be at least 1"));
+        }
+        if self.batch_size == 0 {
+            return Err(Error::invalid("--batch-size", "must be at least 1"));
+        }
+        if !(self.lr > 0.0 && self.lr.is_finite()) {
+            return Err(Error::invalid(
+                "--lr",
+                format!("{}: must be positive", self.lr),
+            ));
+        }
+        if !(self.warmup_epochs >= 0.0 && self.warmup_epochs.is_finite()) {
+            return Err(Error::invalid(
+                "--warmup",
+                format!("{}: must be ≥ 0", self.warmup_epochs),
+            ));
+        }
+        if self.limit_train == Some(0) || self.limit_test == Some(0) {
+            return Err(Error::invalid("--limit-train", "must be at least 1"));
+        }
+        self.optimizer.check()?;
+        self.model.check(self.grad)
+    }
+}
+
+/// How a training call runs (not part of the numbers).
+#[derive(Debug, Clone, Default)]
+pub struct TrainOptions {
+    /// Run directory for checkpoints and `metrics.jsonl`; None writes nothing.
+    pub out: Option<PathBuf>,
+    /// Continue the run in `out` from its last checkpoint (a fresh start if it has none).
+    pub resume: bool,
+    /// Show a progress bar.
+    pub progress: bool,
+    /// Stop after this many epochs of this call, leaving a resumable run (a time-boxed job).
+    pub stop_after: Option<usize>,
+}
+
+/// One finished epoch (a line of `metrics.jsonl`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EpochMetrics {
+    /// 1-based.
+    pub epoch: usize,
+    pub train_loss: f64,
+    pub train_acc: f64,
+    pub test_loss: f64,
+    pub test_acc: f64,
+    pub images_per_sec: f64,
+    pub activation_peak_bytes: usize,
+    /// Learning rate of the epoch's last step.
+    pub lr: f64,
+    /// Wall-clock seconds of the training part of the epoch.
+    pub seconds: f64,
+}
+
+/// The outcome of [`train`].
+pub struct TrainResult {
+    /// Every finished epoch, resumed ones included.
+    pub history: Vec<EpochMetrics>,
+    pub model: Model,
+    pub input: InputShape,
+    pub normalization: Normalization,
+}
+
+impl TrainResult {
+    /// The best test accuracy over the epochs (the paper's "best-epoch" metric).
+    pub fn best_test_acc(&self) -> f64 {
+        self.history.iter().map(|m| m.test_acc).fold(0.0, f64::max)
+    }
+}
+
+/// Loads `config.data` and trains on it.
+pub fn train(config: &TrainConfig, p: &Placement, options: &TrainOptions) -> Result<TrainResult> {
+    let spec: DataSpec = config.data.parse()?;
+    train_on(spec.load(config.seed)?, config, p, options)
+}
+
+/// The training and test sets after `--limit-*` and normalisation with the training statistics.
+pub struct Prepared {
+    pub train: Arc<Dataset>,
+    pub test: Arc<Dataset>,
+    pub normalization: Normalization,
+    pub input: InputShape,
+}
+
+/// Applies the limits and the normalisation of `config` to `split`.
+pub fn prepare(split: Split, config: &TrainConfig) -> Result<Prepared> {
+    let Split {
+        mut train,
+        mut test,
+    } = split;
+    if let Some(n) = config.limit_train {
+        train = train.take(n);
+    }
+    if let Some(n) = config.limit_test {
+        test = test.take(n);
+    }
+    let normalization = Normalization::compute(&train);
+    normalization.apply(&mut train)?;
+    normalization.apply(&mut test)?;
+    let input = InputShape {
+        channels: train.channels,
+        height: train.height,
+        width: train.width,
+        classes: train.classes,
+    };
+    Ok(Prepared {
+        train: Arc::new(train),
+        test: Arc::new(test),
+        normalization,
+        input,
+    })
+}
+
+/// Trains on an already loaded `split` (a sweep loads its data once).
+pub fn train_on(
+    split: Split,
+    config: &TrainConfig,
+    p: &Placement,
+    options: &TrainOptions,
+) -> Result<TrainResult> {
+    config.check()?;
+    let data = prepare(split, config)?;
+    let (mut run, mut model) = Run::start(config, p, options, &data)?;
+    let stop = options
+        .stop_after
+        .map_or(config.epochs, |n| (run.epoch + n).min(config.epochs));
+    while run.epoch < stop {
+        model = run.epoch_step(model, &data, options.progress)?;
+    }
+    Ok(TrainResult {
+        history: run.history,
+        model,
+        input: data.input,
+        normalization: data.normalization,
+    })
+}
+
+/// A run in progress (the model is passed through it, since each optimizer step consumes it).
+struct Run<'a> {
+    config: &'a TrainConfig,
+    p: &'a Placement,
+    out: Option<PathBuf>,
+    optimizer: Optimizer,
+    rng: Rng,
+    history: Vec<EpochMetrics>,
+    /// Epochs finished.
+    epoch: usize,
+    /// The last committed checkpoint.
+    saved: Option<TrainState>,
+}
+
+impl<'a> Run<'a> {
+    /// A fresh run, or the one in `options.out` when resuming.
+    fn start(
+        config: &'a TrainConfig,
+        p: &'a Placement,
+        options: &TrainOptions,
+        data: &Prepared,
+    ) -> Result<(Self, Model)> {
+        let out = options.out.clone();
+        if let Some(dir) = &out {
+            if dir.join(STATE_FILE).exists() {
+                if !options.resume {
+                    return Err(Error::invalid("--out", format!("{} already holds a run: pass --resume to continue it, or choose another --out", dir.display())));
+                }
+                return Self::resume(config, p, dir, data);
+            }
+            ensure_writable_dir(dir)?;
+            let record = RunRecord {
+                config: config.clone(),
+                input: data.input,
+                normalization: data.normalization.clone(),
+            };
+            write_json(&dir.join(RUN_FILE), &record)?;
+        } else if options.resume {
+            return Err(Error::invalid(
+                "--resume",
+                "needs the run directory (--out)",
+            ));
+        }
+        let model =
+            config
+                .model
+                .init(p, data.input, &mut Rng::derive(config.seed, "model init"))?;
+        let run = Self {
+            config,
+            p,
+            out,
+            optimizer: Optimizer::new(config.optimizer.clone()),
+            rng: Rng::derive(config.seed, "train batches"),
+            history: Vec::new(),
+            epoch: 0,
+            saved: None,
+        };
+        Ok((run, model))
+    }
+
+    /// Continues the run in `dir`, whose configuration must equal `config`.
+    fn resume(
+        config: &'a TrainConfig,
+        p: &'a Placement,
+        dir: &Path,
+        data: &Prepared,
+    ) -> Result<(Self, Model)> {
+        let record: RunRecord = read_json(&dir.join(RUN_FILE))?;
+        let differ = checkpoint::config_differences(&record.config, config);
+        if !differ.is_empty() {
+            return Err(Error::file(
+                dir.join(RUN_FILE),
+                format!(
+                    "the run was started with other settings ({}); resume with the same flags",
+                    differ.join(", ")
+                ),
+            ));
+        }
+        let state: TrainState = read_json(&dir.join(STATE_FILE))?;
+        let model = load_model(&record, p, &dir.join(&state.weights))?;
+        let optimizer = Optimizer::load(
+            config.optimizer.clone(),
+            &state.optimizer,
+            &model,
+            p,
+            &dir.join(&state.buffers),
+        )?;
+        if record.input != data.input {
+            return Err(Error::file(
+                dir.join(RUN_FILE),
+                "the data now has another shape or class count than when the run started",
+            ));
+        }
+        let run = Self {
+            config,
+            p,
+            out: Some(dir.to_path_buf()),
+            optimizer,
+            rng: state.rng.clone(),
+            history: state.history.clone(),
+            epoch: state.epoch,
+            saved: Some(state),
+        };
+        Ok((run, model))
+    }
+
+    /// Trains one epoch, evaluates, logs and checkpoints.
+    fn epoch_step(&mut self, model: Model, data: &Prepared, progress: bool) -> Result<Model> {
+        let (model, train) = self.train_epoch(model, data, progress)?;
+        let (test_loss, test_acc) = evaluate(&model, &data.test, self.p)?;
+        let metrics = EpochMetrics {
+            epoch: self.epoch + 1,
+            test_loss,
+            test_acc,
+            ..train
+        };
+        self.history.push(metrics);
+        self.epoch += 1;
+        self.checkpoint(&model)?;
+        Ok(model)
+    }
+
+    /// One pass over the training set; the test fields of the result are left at 0.
+    fn train_epoch(
+        &mut self,
+        mut model: Model,
+        data: &Prepared,
+        progress: bool,
+    ) -> Result<(Model, EpochMetrics)> {
+        let c = self.config;
+        let augment = c.augment.then_some(Augment::STANDARD);
+        let epoch = batches(
+            data.train.clone(),
+            c.batch_size,
+            true,
+            augment,
+            &mut self.rng,
+            false,
+        )?;
+        let steps = epoch.len();
+        let bar = progress_bar(progress, steps, self.epoch, c.epochs);
+        let start = Instant::now();
+        let (mut loss_sum, mut correct, mut seen, mut peak, mut lr) =
+            (0.0, 0usize, 0usize, 0usize, 0.0);
+        for (k, batch) in epoch.enumerate() {
+            let at = Progress {
+                epoch: self.epoch,
+                epochs: c.epochs,
+                step: k,
+                steps_per_epoch: steps,
+            };
+            lr = c.schedule.lr(c.lr, c.warmup_epochs, at);
+            let device_batch = DeviceBatch::new(self.p, &batch, data.input.classes);
+            let (step, bytes) =
+                memory::measure(|| step_gradients(&model, &device_batch, c.grad, c.bn));
+            if !step.loss.is_finite() {
+                return Err(self.non_finite(k, steps));
+            }
+            model = self.optimizer.step(model, step.grads, lr);
+            loss_sum += step.loss * batch.batch as f64;
+            correct += step.correct;
+            (seen, peak) = (seen + batch.batch, peak.max(bytes));
+            let secs = start.elapsed().as_secs_f64().max(1e-9);
+            bar.set_message(format!(
+                "loss {:.4}  acc {:.1}%  {:.0} img/s",
+                loss_sum / seen as f64,
+                100.0 * correct as f64 / seen as f64,
+                seen as f64 / secs
+            ));
+            bar.inc(1);
+        }
+        bar.finish();
+        let seconds = start.elapsed().as_secs_f64();
+        let n = seen.max(1) as f64;
+        let metrics = EpochMetrics {
+            epoch: self.epoch + 1,
+            train_loss: loss_sum / n,
+            train_acc: correct as f64 / n,
+            test_loss: 0.0,
+            test_acc: 0.0,
+            images_per_sec: seen as f64 / seconds.max(1e-9),
+            activation_peak_bytes: peak,
+            lr,
+            seconds,
+        };
+        Ok((model, metrics))
+    }
+
+    /// The error for a non-finite loss at step `k`, naming the checkpoint that stays in force.
+    fn non_finite(&self, k: usize, steps: usize) -> Error {
+        let kept = match (&self.out, &self.saved) {
+            (Some(dir), Some(s)) => format!(
+                "the last good checkpoint, {}, is kept",
+                dir.join(&s.weights).display()
+            ),
+            (Some(_), None) => "no epoch had finished, so there is no checkpoint".into(),
+            (None, _) => "no run directory was given".into(),
+        };
+        Error::NonFinite {
+            what: format!(
+                "the training loss at epoch {}, step {} of {steps} (global step {}); {kept}; try a lower --lr",
+                self.epoch + 1,
+                k + 1,
+                self.epoch * steps + k + 1
+            ),
+        }
+    }
+
+    /// Writes the checkpoint of the epoch just finished (when there is a run directory).
+    fn checkpoint(&mut self, model: &Model) -> Result<()> {
+        let Some(dir) = &self.out else {
+            return Ok(());
+        };
+        let (weights, buffers) = checkpoint::file_names(self.epoch);
+        save_weights(model, &dir.join(&weights))?;
+        self.optimizer.save_buffers(&dir.join(&buffers))?;
+        let state = TrainState {
+            epoch: self.epoch,
+            rng: self.rng.clone(),
+            optimizer: self.optimizer.state(),
+            history: self.history.clone(),
+            weights,
+            buffers,
+        };
+        checkpoint::commit(dir, &state, self.saved.as_ref())?;
+        self.saved = Some(state);
+        Ok(())
+    }
+}
+
+/// One training step's forward and backward, before the optimizer update.
+pub struct StepGrads {
+    /// Mean cross-entropy of the batch (NaN or infinite: no backward was taken).
+    pub loss: f64,
+    /// Correct predictions in the batch.
+    pub correct: usize,
+    /// Every trainable parameter's gradient (stacks in `mode`, the rest by autodiff).
+    pub grads: GradientsParams,
+}
+
+/// Loss, correct predictions and every parameter's gradient for one batch, with the stacks'
+/// gradients taken in `mode` (the forward updates the running statistics once).
+pub fn step_gradients(model: &Model, batch: &DeviceBatch, mode: GradMode, bn: BnMode) -> StepGrads {
+    let (logits, runs) = model.forward_train(batch.images.clone(), mode, bn);
+    let (_, correct) = score(&logits, &batch.labels);
+    let loss = cross_entropy(logits, batch.one_hot.clone());
+    let value = to_vec(&loss).first().copied().unwrap_or(f64::NAN);
+    let mut grads = GradientsParams::new();
+    if value.is_finite() {
+        backward_through(model, &model.stacks(), runs, loss.backward(), &mut grads);
+    }
+    StepGrads {
+        loss: value,
+        correct,
+        grads,
+    }
+}
+
+/// Test loss (mean cross-entropy) and accuracy of `model` on `test` (running statistics).
+pub fn evaluate(model: &Model, test: &Arc<Dataset>, p: &Placement) -> Result<(f64, f64)> {
+    let (mut loss, mut correct) = (0.0, 0);
+    for batch in batches(
+        test.clone(),
+        EVAL_BATCH,
+        false,
+        None,
+        &mut Rng::new(0),
+        false,
+    )? {
+        let b = DeviceBatch::new(p, &batch, test.classes);
+        let (l, c) = score(&model.forward_eval(b.images), &b.labels);
+        loss += l;
+        correct += c;
+    }
+    let n = test.len().max(1) as f64;
+    Ok((loss / n, correct as f64 / n))
+}
+
+/// Peak heap bytes of one training step's forward and backward in `mode`, on an independent
+/// copy of `model` (its running statistics are left alone). 0 without the counting allocator.
+pub fn step_memory(
+    model: &Model,
+    p: &Placement,
+    batch: &Batch,
+    classes: usize,
+    mode: GradMode,
+    bn: BnMode,
+) -> usize {
+    let copy = independent_copy(model);
+    let b = DeviceBatch::new(p, batch, classes);
+    memory::measure(|| drop(step_gradients(&copy, &b, mode, bn))).1
+}
+
+/// Rebuilds the model a run record describes and loads `weights` into it.
+pub fn load_model(record: &RunRecord, p: &Placement, weights: &Path) -> Result<Model> {
+    let model = record
+        .config
+        .model
+        .init(p, record.input, &mut Rng::new(0))?;
+    load_weights(model, weights)
+}
+
+/// The run record and the last checkpoint's model of run directory `dir`.
+pub fn load_run(dir: &Path, p: &Placement) -> Result<(RunRecord, TrainState, Model)> {
+    let record: RunRecord = read_json(&dir.join(RUN_FILE))?;
+    let state: TrainState = read_json(&dir.join(STATE_FILE))?;
+    let model = load_model(&record, p, &dir.join(&state.weights))?;
+    Ok((record, state, model))
+}
+
+fn progress_bar(show: bool, steps: usize, epoch: usize, epochs: usize) -> ProgressBar {
+    if !show {
+        return ProgressBar::hidden();
+    }
+    let style = ProgressStyle::with_template("{prefix} [{bar:24}] {pos}/{len} {msg}")
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> ");
+    let bar = ProgressBar::new(steps as u64).with_style(style);
+    bar.set_prefix(format!("epoch {}/{epochs}", epoch + 1));
+    bar
+}
+
+/// The test score of a finished (or interrupted) run, possibly at another depth.
+#[derive(Debug, Clone, Serialize)]
+pub struct EvalReport {
+    /// Residual functions per stack the model was evaluated with.
+    pub depth: usize,
+    /// … and was trained with.
+    pub trained_depth: usize,
+    /// Epochs the checkpoint had finished.
+    pub epochs: usize,
+    pub test_loss: f64,
+    pub test_acc: f64,
+    pub examples: usize,
+}
+
+/// Evaluates the last checkpoint of run directory `dir` on its test set, with every stack at
+/// `depth` functions if given (tied models only: the ODE-like test of paper.md §3.2).
+pub fn eval_run(dir: &Path, depth: Option<usize>, p: &Placement) -> Result<EvalReport> {
+    let (record, state, model) = load_run(dir, p)?;
+    let trained_depth = model.stacks().first().map_or(0, |s| s.depth);
+    let model = match depth {
+        Some(d) => model.with_depth(d)?,
+        None => model,
+    };
+    let spec: DataSpec = record.config.data.parse()?;
+    let mut test = spec.load(record.config.seed)?.test;
+    if let Some(n) = record.config.limit_test {
+        test = test.take(n);
+    }
+    record.normalization.apply(&mut test)?;
+    let test = Arc::new(test);
+    let (test_loss, test_acc) = evaluate(&model, &test, p)?;
+    Ok(EvalReport {
+        depth: model.stacks().first().map_or(0, |s| s.depth),
+        trained_depth,
+        epochs: state.epoch,
+        test_loss,
+        test_acc,
+        examples: test.len(),
+    })
+}

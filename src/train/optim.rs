@@ -1,0 +1,316 @@
+//! SGD with momentum (optionally Nesterov) and AdamW, with PyTorch's update rules, acting on
+//! [`GradientsParams`].
+//!
+//! Why not burn's optimizers: their state records are keyed by [`burn::module::ParamId`], and a
+//! model rebuilt and loaded from a checkpoint gets new ids, so a resumed run would silently
+//! restart its momentum; burn's momentum also defaults to a dampening of 0.1 where PyTorch (and
+//! the paper's runs) use 0. Here the buffers are indexed by the parameter's position in the
+//! model (the order of [`crate::params::named`]), saved as a safetensors file, and a resumed run
+//! continues bit for bit.
+
+use crate::device::Placement;
+use crate::io::{load_weights, save_weights};
+use crate::params::named;
+use crate::{Error, Result};
+use burn::module::{Module, ModuleMapper, Param};
+use burn::optim::GradientsParams;
+use burn::tensor::Tensor;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+use std::str::FromStr;
+
+/// Which optimizer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OptimizerKind {
+    Sgd,
+    AdamW,
+}
+
+impl FromStr for OptimizerKind {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "sgd" => Ok(OptimizerKind::Sgd),
+            "adamw" => Ok(OptimizerKind::AdamW),
+            _ => Err(Error::invalid(
+                "--optimizer",
+                format!("`{s}`: expected sgd or adamw"),
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for OptimizerKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            OptimizerKind::Sgd => "sgd",
+            OptimizerKind::AdamW => "adamw",
+        })
+    }
+}
+
+/// Optimizer hyper-parameters (the learning rate comes from the schedule at each step).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OptimizerConfig {
+    pub kind: OptimizerKind,
+    /// SGD momentum μ (0 disables it).
+    pub momentum: f64,
+    pub nesterov: bool,
+    /// SGD: L2 term `g + wd·w`; AdamW: decoupled decay `w ← w(1 − lr·wd)`.
+    pub weight_decay: f64,
+    /// AdamW's β₁, β₂.
+    pub betas: [f64; 2],
+    pub epsilon: f64,
+}
+
+impl Default for OptimizerConfig {
+    /// The paper's SGD: momentum 0.9, weight decay 5e-4.
+    fn default() -> Self {
+        Self {
+            kind: OptimizerKind::Sgd,
+            momentum: 0.9,
+            nesterov: false,
+            weight_decay: 5e-4,
+            betas: [0.9, 0.999],
+            epsilon: 1e-8,
+        }
+    }
+}
+
+impl OptimizerConfig {
+    /// Rejects settings outside their ranges, naming the flag.
+    pub fn check(&self) -> Result<()> {
+        let bad = |flag: &str, v: f64| Error::invalid(flag, format!("{v} is out of range"));
+        if !(0.0..1.0).contains(&self.momentum) {
+            return Err(bad("--momentum", self.momentum));
+        }
+        if !(self.weight_decay >= 0.0 && self.weight_decay.is_finite()) {
+            return Err(bad("--weight-decay", self.weight_decay));
+        }
+        if self.nesterov && (self.kind != OptimizerKind::Sgd || self.momentum == 0.0) {
+            return Err(Error::invalid(
+                "--nesterov",
+                "needs --optimizer sgd with a momentum > 0",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Which buffers exist and how many steps were taken: the JSON half of the optimizer state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OptimizerState {
+    pub steps: u64,
+    /// Per parameter: has a first buffer (SGD momentum, Adam m).
+    pub first: Vec<bool>,
+    /// Per parameter: has a second buffer (Adam v).
+    pub second: Vec<bool>,
+}
+
+/// An optimizer with its per-parameter buffers (flattened, graph-free).
+pub struct Optimizer {
+    pub config: OptimizerConfig,
+    steps: u64,
+    first: Vec<Option<Tensor<1>>>,
+    second: Vec<Option<Tensor<1>>>,
+}
+
+/// The buffers as a module, so they are written and read like weights (safetensors, every
+/// mismatch named).
+#[derive(Module, Debug)]
+struct Buffers {
+    first: Vec<Param<Tensor<1>>>,
+    second: Vec<Param<Tensor<1>>>,
+}
+
+impl Optimizer {
+    pub fn new(config: OptimizerConfig) -> Self {
+        Self {
+            config,
+            steps: 0,
+            first: Vec::new(),
+            second: Vec::new(),
+        }
+    }
+
+    /// One update of every parameter of `model` that has a gradient in `grads`, at rate `lr`.
+    pub fn step<M: Module>(&mut self, model: M, mut grads: GradientsParams, lr: f64) -> M {
+        let model = model.map(&mut Update {
+            opt: self,
+            grads: &mut grads,
+            lr,
+            index: 0,
+        });
+        self.steps += 1;
+        model
+    }
+
+    /// New value of parameter `i` (flattened) from its gradient.
+    fn update(&mut self, i: usize, w: Tensor<1>, g: Tensor<1>, lr: f64) -> Tensor<1> {
+        for v in [&mut self.first, &mut self.second] {
+            if v.len() <= i {
+                v.resize(i + 1, None);
+            }
+        }
+        match self.config.kind {
+            OptimizerKind::Sgd => self.sgd(i, w, g, lr),
+            OptimizerKind::AdamW => self.adamw(i, w, g, lr),
+        }
+    }
+
+    /// PyTorch's SGD: `g += wd·w; b = μb + g (b = g at first); g = nesterov ? g + μb : b`.
+    fn sgd(&mut self, i: usize, w: Tensor<1>, g: Tensor<1>, lr: f64) -> Tensor<1> {
+        let c = &self.config;
+        let mut g = if c.weight_decay > 0.0 {
+            g + w.clone() * c.weight_decay
+        } else {
+            g
+        };
+        if c.momentum > 0.0 {
+            let b = match self.first[i].take() {
+                Some(b) => b * c.momentum + g.clone(),
+                None => g.clone(),
+            };
+            g = if c.nesterov {
+                g + b.clone() * c.momentum
+            } else {
+                b.clone()
+            };
+            self.first[i] = Some(b);
+        }
+        w - g * lr
+    }
+
+    /// PyTorch's AdamW (decoupled weight decay, bias-corrected moments).
+    fn adamw(&mut self, i: usize, w: Tensor<1>, g: Tensor<1>, lr: f64) -> Tensor<1> {
+        let c = &self.config;
+        let [b1, b2] = c.betas;
+        let t = (self.steps + 1) as i32;
+        let w = w * (1.0 - lr * c.weight_decay);
+        let m = match self.first[i].take() {
+            Some(m) => m * b1 + g.clone() * (1.0 - b1),
+            None => g.clone() * (1.0 - b1),
+        };
+        let v = match self.second[i].take() {
+            Some(v) => v * b2 + g.clone().square() * (1.0 - b2),
+            None => g.square() * (1.0 - b2),
+        };
+        let (bc1, bc2) = (1.0 - b1.powi(t), 1.0 - b2.powi(t));
+        let denom = v.clone().sqrt() / bc2.sqrt() + c.epsilon;
+        let out = w - m.clone() / denom * (lr / bc1);
+        self.first[i] = Some(m);
+        self.second[i] = Some(v);
+        out
+    }
+
+    /// The JSON half of the state.
+    pub fn state(&self) -> OptimizerState {
+        let mask = |v: &[Option<Tensor<1>>]| v.iter().map(Option::is_some).collect();
+        OptimizerState {
+            steps: self.steps,
+            first: mask(&self.first),
+            second: mask(&self.second),
+        }
+    }
+
+    /// Writes the buffers to `path` (safetensors, atomic).
+    pub fn save_buffers(&self, path: &Path) -> Result<()> {
+        let params = |v: &[Option<Tensor<1>>]| {
+            v.iter()
+                .flatten()
+                .map(|t| Param::from_tensor(t.clone()))
+                .collect()
+        };
+        let buffers = Buffers {
+            first: params(&self.first),
+            second: params(&self.second),
+        };
+        save_weights(&buffers, path)
+    }
+
+    /// Restores an optimizer of `model` from its JSON state and the buffers file `path`.
+    pub fn load<M: Module>(
+        config: OptimizerConfig,
+        state: &OptimizerState,
+        model: &M,
+        p: &Placement,
+        path: &Path,
+    ) -> Result<Self> {
+        let sizes: Vec<usize> = named(model)
+            .iter()
+            .map(|n| n.shape.iter().product())
+            .collect();
+        let too_long = state.first.len().max(state.second.len()) > sizes.len();
+        if too_long {
+            return Err(Error::file(
+                path,
+                format!(
+                    "optimizer state for {} parameters, the model has {}",
+                    state.first.len().max(state.second.len()),
+                    sizes.len()
+                ),
+            ));
+        }
+        let zeros = |mask: &[bool]| -> Vec<Param<Tensor<1>>> {
+            mask.iter()
+                .zip(&sizes)
+                .filter(|(present, _)| **present)
+                .map(|(_, &n)| Param::from_tensor(p.zeros([n])))
+                .collect()
+        };
+        let empty = Buffers {
+            first: zeros(&state.first),
+            second: zeros(&state.second),
+        };
+        let loaded = load_weights(empty, path)?;
+        Ok(Self {
+            config,
+            steps: state.steps,
+            first: unmask(&state.first, loaded.first),
+            second: unmask(&state.second, loaded.second),
+        })
+    }
+}
+
+/// Puts the loaded buffers back at the positions the mask marks.
+fn unmask(mask: &[bool], loaded: Vec<Param<Tensor<1>>>) -> Vec<Option<Tensor<1>>> {
+    let mut it = loaded.into_iter();
+    mask.iter()
+        .map(|&present| {
+            if present {
+                it.next().map(|t| t.val().detach().without_autodiff())
+            } else {
+                None
+            }
+        })
+        .collect()
+}
+
+/// Replaces every trainable parameter that has a gradient by its updated value.
+struct Update<'a> {
+    opt: &'a mut Optimizer,
+    grads: &'a mut GradientsParams,
+    lr: f64,
+    index: usize,
+}
+
+impl ModuleMapper for Update<'_> {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        if !param.is_require_grad() {
+            return param;
+        }
+        let i = self.index;
+        self.index += 1;
+        let Some(g) = self.grads.remove::<D>(param.id) else {
+            return param;
+        };
+        let id = param.id;
+        let w = param.val().detach().without_autodiff();
+        let dims = w.dims();
+        let n = w.shape().num_elements();
+        let g = g.detach().without_autodiff().reshape([n]);
+        let new = self.opt.update(i, w.reshape([n]), g, self.lr);
+        let value = new.reshape(dims).autodiff().require_grad();
+        Param::initialized(id, value)
+    }
+}
