@@ -32,5 +32,8 @@ pub fn load_weights<M: Module + ModuleSnapshot>(mut module: M, path: &Path) -> R
             format!("weights do not match the model:\n{result}"),
         ));
     }
+    if let Some(name) = crate::params::first_non_finite(&module) {
+        return Err(Error::file(path, format!("tensor `{name}` holds NaN or infinity")));
+    }
     Ok(module)
 }

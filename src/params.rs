@@ -100,6 +100,33 @@ fn grad_values(grads: &GradientsParams, id: ParamId, rank: usize) -> Option<Vec<
     }
 }
 
+#[derive(Default)]
+struct FirstNonFinite {
+    path: Vec<String>,
+    found: Option<String>,
+}
+
+impl ModuleVisitor for FirstNonFinite {
+    fn enter_module(&mut self, name: &str, _container: &str) {
+        self.path.push(name.to_string());
+    }
+    fn exit_module(&mut self, _name: &str, _container: &str) {
+        self.path.pop();
+    }
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        if self.found.is_none() && crate::device::check_finite(&param.val(), "").is_err() {
+            self.found = Some(self.path.join("."));
+        }
+    }
+}
+
+/// The name of the first parameter or running statistic holding NaN or infinity, if any.
+pub fn first_non_finite<M: Module>(module: &M) -> Option<String> {
+    let mut v = FirstNonFinite::default();
+    module.visit(&mut v);
+    v.found
+}
+
 /// Bytes held by `module`'s trainable parameters.
 pub fn parameter_bytes<M: Module>(module: &M, bytes_per_value: usize) -> usize {
     named(module)
