@@ -151,6 +151,7 @@ impl TrainArgs {
 
 pub fn train(a: &TrainArgs) -> anyhow::Result<()> {
     let config = a.config()?;
+    config.check()?;
     let placement = a.device.placement()?;
     let options = TrainOptions {
         out: Some(a.out.clone()),
@@ -196,7 +197,7 @@ fn summarise(result: &TrainResult) {
 /// for a backprop run, the adjoint) needs, both measured on one step of a copy of the model
 /// with a random batch of the training shape.
 fn compare_memory(result: &TrainResult, config: &TrainConfig, p: &resnet_ode::device::Placement) {
-    if !memory::is_counting() {
+    if !memory::is_counting() || result.model.stacks().is_empty() {
         return;
     }
     let other = if config.grad == GradMode::Backprop {

@@ -227,7 +227,7 @@ impl Model {
     /// Whether every stack shares one function over depth.
     pub fn is_tied(&self) -> bool {
         let stacks = self.stacks();
-        !stacks.is_empty() && stacks.iter().all(|s| s.functions.len() == 1)
+        !stacks.is_empty() && stacks.iter().all(|s| s.is_tied())
     }
 
     /// An independent copy where every stack's shared function becomes N independent copies:

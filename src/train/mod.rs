@@ -68,7 +68,9 @@ pub struct TrainConfig {
 
 impl Default for TrainConfig {
     /// The main job: built-in digits, the paper's TinyResNet (depth 8, Euler) trained with the
-    /// memory-free adjoint, SGD 0.1 / momentum 0.9 / wd 5e-4, cosine schedule, batch 64, 15 epochs (about half a minute on 2 CPU cores).
+    /// memory-free adjoint, SGD 0.1 / momentum 0.9 / wd 5e-4, batch 64, 15 epochs (about half a
+    /// minute on 2 CPU cores, ≈ 98 % test accuracy). The schedule is cosine rather than the
+    /// paper's TinyResNet step schedule, whose ÷10 drops come too early in a 15-epoch run.
     fn default() -> Self {
         Self {
             data: "digits".into(),
@@ -110,8 +112,13 @@ impl TrainConfig {
                 format!("{}: must be ≥ 0", self.warmup_epochs),
             ));
         }
-        if self.limit_train == Some(0) || self.limit_test == Some(0) {
-            return Err(Error::invalid("--limit-train", "must be at least 1"));
+        for (flag, limit) in [
+            ("--limit-train", self.limit_train),
+            ("--limit-test", self.limit_test),
+        ] {
+            if limit == Some(0) {
+                return Err(Error::invalid(flag, "must be at least 1"));
+            }
         }
         self.optimizer.check()?;
         self.model.check(self.grad)
@@ -245,6 +252,17 @@ struct Run<'a> {
     saved: Option<TrainState>,
 }
 
+/// Creates run directory `dir` with its `run.json` (a bad `--out` fails before any training).
+fn new_run_dir(dir: &Path, config: &TrainConfig, data: &Prepared) -> Result<()> {
+    ensure_writable_dir(dir)?;
+    let record = RunRecord {
+        config: config.clone(),
+        input: data.input,
+        normalization: data.normalization.clone(),
+    };
+    write_json(&dir.join(RUN_FILE), &record)
+}
+
 impl<'a> Run<'a> {
     /// A fresh run, or the one in `options.out` when resuming.
     fn start(
@@ -261,13 +279,7 @@ impl<'a> Run<'a> {
                 }
                 return Self::resume(config, p, dir, data);
             }
-            ensure_writable_dir(dir)?;
-            let record = RunRecord {
-                config: config.clone(),
-                input: data.input,
-                normalization: data.normalization.clone(),
-            };
-            write_json(&dir.join(RUN_FILE), &record)?;
+            new_run_dir(dir, config, data)?;
         } else if options.resume {
             return Err(Error::invalid(
                 "--resume",
@@ -309,6 +321,12 @@ impl<'a> Run<'a> {
                 ),
             ));
         }
+        if record.input != data.input {
+            return Err(Error::file(
+                dir.join(RUN_FILE),
+                "the data now has another shape or class count than when the run started",
+            ));
+        }
         let state: TrainState = read_json(&dir.join(STATE_FILE))?;
         let model = load_model(&record, p, &dir.join(&state.weights))?;
         let optimizer = Optimizer::load(
@@ -318,12 +336,6 @@ impl<'a> Run<'a> {
             p,
             &dir.join(&state.buffers),
         )?;
-        if record.input != data.input {
-            return Err(Error::file(
-                dir.join(RUN_FILE),
-                "the data now has another shape or class count than when the run started",
-            ));
-        }
         let run = Self {
             config,
             p,
