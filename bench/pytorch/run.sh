@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Training-step benchmark: resnet-ode (Rust) vs the same models in plain PyTorch.
+#
+# NOT run by CI (needs PyTorch and minutes to hours of compute). Requirements:
+#     pip install torch==2.9.0            # into the Python named by $PYTHON
+#
+# Usage (from anywhere):
+#     bench/pytorch/run.sh                                  # Rust flex (CPU) vs PyTorch CPU
+#     DEVICE=libtorch bench/pytorch/run.sh                  # Rust on PyTorch's own CPU kernels
+#     DEVICE=libtorch-cuda:0 bench/pytorch/run.sh           # both on the GPU
+#     DEVICE=cuda:0 bench/pytorch/run.sh                    # Rust CubeCL CUDA vs PyTorch CUDA
+#
+# Environment:
+#     DEVICE       resnet-ode device: flex (default) | libtorch | libtorch-cuda:N | cuda:N
+#     PYTHON       python with torch 2.9.0 (default python3)
+#     THREADS      CPU threads for PyTorch (default: nproc)
+#     OUT          output folder (default bench/pytorch/out)
+#     OURS_ARGS    extra arguments for `resnet-ode bench train` (e.g. "--steps 3")
+#     TORCH_ARGS   extra arguments for bench_train.py (e.g. "--steps 3 --models tiny16,resnet56")
+#
+# For the libtorch devices the Rust binary is built against the torch of $PYTHON:
+#     LIBTORCH_USE_PYTORCH=1 cargo build --release --features tch
+# and torch's lib dir must be on LD_LIBRARY_PATH at run time; this script does both:
+#     python -c "import torch, os; print(os.path.dirname(torch.__file__) + '/lib')"
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+ROOT="$(cd "$HERE/../.." && pwd)"
+DEVICE="${DEVICE:-flex}"
+PYTHON="${PYTHON:-python3}"
+THREADS="${THREADS:-$(nproc 2>/dev/null || echo 2)}"
+OUT="${OUT:-$HERE/out}"
+mkdir -p "$OUT"
+
+FEATURES=()
+TORCH_DEVICE=cpu
+case "$DEVICE" in
+  libtorch)
+    FEATURES=(--features tch) ;;
+  libtorch-cuda:*)
+    FEATURES=(--features tch); TORCH_DEVICE="cuda:${DEVICE#libtorch-cuda:}" ;;
+  cuda:*)
+    FEATURES=(--features cuda); TORCH_DEVICE="$DEVICE" ;;
+  flex|cpu) ;;
+  *) echo "unknown DEVICE=$DEVICE" >&2; exit 2 ;;
+esac
+
+if [[ "$DEVICE" == libtorch* ]]; then
+  export LIBTORCH_USE_PYTORCH=1
+  TORCH_LIB="$("$PYTHON" -c "import torch, os; print(os.path.dirname(torch.__file__) + '/lib')")"
+  export LD_LIBRARY_PATH="$TORCH_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  # tch finds torch through the python on PATH: make it the one named by $PYTHON.
+  export PATH="$(dirname "$(command -v "$PYTHON")"):$PATH"
+fi
+
+echo "== cargo build --release ${FEATURES[*]:-}"
+(cd "$ROOT" && cargo build --release "${FEATURES[@]}")
+
+echo "== resnet-ode bench train --device $DEVICE"
+# shellcheck disable=SC2086
+"$ROOT/target/release/resnet-ode" bench train --device "$DEVICE" --json "$OUT/ours.json" ${OURS_ARGS:-}
+
+echo "== PyTorch bench_train.py --device $TORCH_DEVICE"
+# shellcheck disable=SC2086
+"$PYTHON" "$HERE/bench_train.py" --device "$TORCH_DEVICE" --threads "$THREADS" \
+  --json "$OUT/pytorch.json" ${TORCH_ARGS:-}
+
+echo "== comparison"
+"$PYTHON" "$HERE/compare.py" "$OUT/ours.json" "$OUT/pytorch.json" --out "$OUT/compare.md"
