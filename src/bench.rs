@@ -86,6 +86,8 @@ pub struct BenchRecord {
 pub struct BenchConfig {
     pub scheme: Scheme,
     pub mode: GradMode,
+    /// Batch-norm policy (conv workloads).
+    pub bn: BnMode,
     pub depth: usize,
     pub reps: usize,
     pub seed: u64,
@@ -134,7 +136,7 @@ where
     F: Residual<D> + ModuleDisplay,
 {
     let step = || {
-        let g = stack.loss_grads(x.clone(), cfg.mode, BnMode::Cached, |y| y.square().mean());
+        let g = stack.loss_grads(x.clone(), cfg.mode, cfg.bn, |y| y.square().mean());
         // Reading a value waits for the device to finish the step.
         let _ = to_vec(&g.input.clone().sum());
         g

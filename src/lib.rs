@@ -8,6 +8,7 @@
 
 pub mod analysis;
 pub mod bench;
+pub mod bench_train;
 pub mod data;
 pub mod error;
 pub mod experiments;

@@ -4,6 +4,7 @@ use super::DeviceArgs;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use resnet_ode::bench::{measure, BenchConfig, BenchRecord, Workload};
+use resnet_ode::bench_train::{measure as measure_train, BenchModel, TrainBench, TrainBenchRecord};
 use resnet_ode::grad::GradMode;
 use resnet_ode::scheme::Scheme;
 use std::path::PathBuf;
@@ -15,6 +16,8 @@ pub enum Bench {
     Memory(BenchArgs),
     /// Median step time vs depth, per gradient mode and scheme.
     Speed(BenchArgs),
+    /// Images/s and activation memory of whole training steps: TinyResNet, CIFAR ResNet-56/110.
+    Train(TrainBenchArgs),
 }
 
 #[derive(Args, Debug)]
@@ -32,6 +35,9 @@ pub struct BenchArgs {
     /// Schemes: euler, heun.
     #[arg(long, value_delimiter = ',', default_value = "euler,heun")]
     schemes: Vec<String>,
+    /// Batch-norm policy of the conv workloads: cached, frozen, recompute.
+    #[arg(long, default_value = "cached")]
+    bn: String,
     /// Deepest conv stack to run (conv steps are ~100× an MLP step).
     #[arg(long, default_value_t = 512)]
     max_conv_depth: usize,
@@ -51,6 +57,7 @@ pub fn run(b: &Bench) -> anyhow::Result<()> {
     let (args, default_depths, default_reps) = match b {
         Bench::Memory(a) => (a, vec![8, 64, 512, 4096], 1),
         Bench::Speed(a) => (a, vec![8, 64, 512], 5),
+        Bench::Train(a) => return train(a),
     };
     let p = args.device.placement()?;
     let depths = if args.depths.is_empty() {
@@ -61,8 +68,12 @@ pub fn run(b: &Bench) -> anyhow::Result<()> {
     let workloads: Vec<Workload> = parse_all(&args.workloads)?;
     let modes: Vec<GradMode> = parse_all(&args.modes)?;
     let schemes: Vec<Scheme> = parse_all(&args.schemes)?;
+    let bn: resnet_ode::norm::BnMode = args.bn.parse()?;
     if !resnet_ode::memory::is_counting() {
         eprintln!("note: heap counting is off; memory columns read 0");
+    }
+    if args.device.device != "flex" {
+        eprintln!("note: memory columns count Rust heap allocations; {} buffers are not seen", args.device.device);
     }
     println!("Measured: peak heap bytes of one training step above the live baseline, minus the");
     println!(
@@ -84,6 +95,7 @@ pub fn run(b: &Bench) -> anyhow::Result<()> {
                     let cfg = BenchConfig {
                         scheme,
                         mode,
+                        bn,
                         depth,
                         reps: args.reps.unwrap_or(default_reps),
                         seed: args.seed,
@@ -123,4 +135,125 @@ fn print_row(r: &BenchRecord) {
         mib(r.parameter_bytes),
         r.step_ms
     );
+}
+
+/// `bench train` flags.
+#[derive(Args, Debug)]
+pub struct TrainBenchArgs {
+    /// Models: tiny (the paper's TinyResNet, P = 16, at each --tiny-depths) and resnetL (He et
+    /// al.'s CIFAR ResNet-L with 1/N-scaled stages, e.g. resnet56, resnet110).
+    #[arg(long, value_delimiter = ',', default_value = "tiny,resnet56,resnet110")]
+    models: Vec<String>,
+    /// TinyResNet stack depths N.
+    #[arg(long, value_delimiter = ',', default_value = "16,64,256")]
+    tiny_depths: Vec<usize>,
+    /// Gradient modes: backprop, adjoint, adjoint-per-step, checkpoint:K.
+    #[arg(long, value_delimiter = ',', default_value = "backprop,adjoint")]
+    modes: Vec<String>,
+    /// Schemes for TinyResNet (euler, heun); the CIFAR ResNets run Euler, as He et al.'s blocks.
+    #[arg(long, value_delimiter = ',', default_value = "euler")]
+    schemes: Vec<String>,
+    /// Images per step (random 3×32×32 inputs, random labels).
+    #[arg(long, default_value_t = 128)]
+    batch: usize,
+    /// Timed steps per configuration (median reported), after one warm-up step.
+    #[arg(long, default_value_t = 5)]
+    steps: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Write the records (model, depth, scheme, mode, batch, step_ms, images_per_sec,
+    /// activation_peak_bytes, device) as a JSON array to FILE.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    #[command(flatten)]
+    device: DeviceArgs,
+}
+
+/// Every configuration `a` names: each model × scheme × mode (× depth for TinyResNet).
+fn train_configs(a: &TrainBenchArgs) -> anyhow::Result<Vec<TrainBench>> {
+    let models: Vec<BenchModel> = parse_all(&a.models)?;
+    let modes: Vec<GradMode> = parse_all(&a.modes).context("--modes")?;
+    let schemes: Vec<Scheme> = parse_all(&a.schemes).context("--schemes")?;
+    let mut out = Vec::new();
+    for &model in &models {
+        let (depths, schemes) = match model {
+            BenchModel::Tiny => (a.tiny_depths.clone(), schemes.clone()),
+            BenchModel::CifarResNet(layers) => (vec![layers], vec![Scheme::Euler]),
+        };
+        for &scheme in &schemes {
+            for &mode in &modes {
+                for &depth in &depths {
+                    out.push(TrainBench {
+                        model,
+                        depth,
+                        scheme,
+                        mode,
+                        batch: a.batch,
+                        steps: a.steps,
+                        seed: a.seed,
+                        device: a.device.device.clone(),
+                    });
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn train(a: &TrainBenchArgs) -> anyhow::Result<()> {
+    let p = a.device.placement()?;
+    let configs = train_configs(a)?;
+    for cfg in &configs {
+        cfg.check()?;
+    }
+    if let Some(dir) = a.json.as_deref().and_then(std::path::Path::parent) {
+        if !dir.as_os_str().is_empty() {
+            resnet_ode::report::ensure_writable_dir(dir).context("--json")?;
+        }
+    }
+    if !resnet_ode::memory::is_counting() {
+        eprintln!("note: heap counting is off; memory columns read 0");
+    }
+    if args.device.device != "flex" {
+        eprintln!("note: memory columns count Rust heap allocations; {} buffers are not seen", args.device.device);
+    }
+    println!("Training steps (forward, backward, SGD update) on random 3×32×32 images; step time:");
+    println!(
+        "median over {} steps after a warm-up; activation memory: heap peak of forward and",
+        a.steps
+    );
+    println!(
+        "backward above the live baseline, minus the gradients. device {} dtype {}",
+        a.device.device, a.device.dtype
+    );
+    println!(
+        "{:<10} {:>6} {:<6} {:<17} {:>6} {:>10} {:>10} {:>12}",
+        "model", "depth", "scheme", "mode", "batch", "step ms", "images/s", "activ. MiB"
+    );
+    let mut records: Vec<TrainBenchRecord> = Vec::new();
+    for cfg in &configs {
+        let r = measure_train(&p, cfg).with_context(|| {
+            format!(
+                "{} depth {} {} {}",
+                cfg.model, cfg.depth, cfg.scheme, cfg.mode
+            )
+        })?;
+        println!(
+            "{:<10} {:>6} {:<6} {:<17} {:>6} {:>10.1} {:>10.1} {:>12.2}",
+            r.model,
+            r.depth,
+            r.scheme,
+            r.mode,
+            r.batch,
+            r.step_ms,
+            r.images_per_sec,
+            r.activation_peak_bytes as f64 / (1024.0 * 1024.0)
+        );
+        records.push(r);
+    }
+    if let Some(path) = &a.json {
+        resnet_ode::report::write_json(path, &records)?;
+        println!("wrote {}", path.display());
+    }
+    Ok(())
 }

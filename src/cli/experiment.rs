@@ -2,11 +2,12 @@
 //! depth sweep from [`resnet_ode::experiments`], writes CSV, JSON, PNG and SVG files and a report
 //! into `--out`, and prints its table with the fitted slopes beside the expected ones.
 
+use anyhow::Context;
 use clap::{Args, Subcommand};
 use resnet_ode::analysis::neural_ode::Interpolation;
 use resnet_ode::experiments::{
-    adjoint, claims_table, linear_gd, ode_distance, powers_of_two, run_all, write_outcome,
-    AllConfig, Outcome,
+    adjoint, claims_table, depth_sweep, linear_gd, ode_distance, powers_of_two, run_all,
+    write_outcome, AllConfig, Outcome,
 };
 use resnet_ode::family::Family;
 use resnet_ode::report::ensure_writable_dir;
@@ -27,6 +28,9 @@ pub enum Experiment {
     GradientError(AdjointArgs),
     /// Every experiment at default sizes, with DIR/report.md and DIR/report.json.
     All(AllArgs),
+    /// TinyResNet's best test error vs depth, Euler/Heun × backprop/adjoint, and the adjoint's
+    /// gradient error on the trained models (paper Fig. 3c/4).
+    DepthSweep(DepthSweepArgs),
 }
 
 /// Flags every experiment takes.
@@ -142,6 +146,100 @@ pub struct AllArgs {
     pub seed: u64,
 }
 
+/// `experiment depth-sweep` flags. The defaults fit about 15 minutes on 2 CPU cores; the
+/// paper's run is `--data cifar10:DIR --depths 2,4,8,16,32,64 --seeds 4 --epochs 90
+/// --batch-size 256 --schedule step`.
+#[derive(Args, Debug)]
+pub struct DepthSweepArgs {
+    /// Output directory (created; must be writable).
+    #[arg(long, default_value = "out/depth-sweep")]
+    pub out: PathBuf,
+    /// Dataset: digits (built in), mnist:DIR, fashion-mnist:DIR, cifar10:DIR, cifar100:DIR,
+    /// images:DIR.
+    #[arg(long, default_value = "digits")]
+    pub data: String,
+    /// TinyResNet depths N (comma-separated).
+    #[arg(long, value_delimiter = ',', default_values_t = depth_sweep::DEFAULT_DEPTHS)]
+    pub depths: Vec<usize>,
+    /// Schemes: euler (ResNet), heun (HeunNet).
+    #[arg(long, value_delimiter = ',', default_value = "euler,heun")]
+    pub schemes: Vec<String>,
+    /// Gradient modes: backprop, adjoint, adjoint-per-step, checkpoint:K.
+    #[arg(long, value_delimiter = ',', default_value = "backprop,adjoint")]
+    pub modes: Vec<String>,
+    /// Runs per configuration, with seeds --seed, --seed + 1, …
+    #[arg(long, default_value_t = depth_sweep::DEFAULT_SEEDS)]
+    pub seeds: usize,
+    /// First seed (also fixes the train/test split of the digits).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long, default_value_t = depth_sweep::DEFAULT_EPOCHS)]
+    pub epochs: usize,
+    #[arg(long, default_value_t = depth_sweep::DEFAULT_BATCH)]
+    pub batch_size: usize,
+    /// Base learning rate (SGD, momentum 0.9, weight decay 5e-4).
+    #[arg(long, default_value_t = 0.1)]
+    pub lr: f64,
+    /// Learning-rate schedule: cosine, step (÷10 after E/3 and 2E/3, the paper's) or constant.
+    #[arg(long, default_value = "cosine")]
+    pub schedule: String,
+    /// Augmentation (crop with padding 4, horizontal flip): on, off or auto (on for CIFAR).
+    #[arg(long, default_value = "auto")]
+    pub augment: String,
+    /// Batch-norm policy under the adjoint: cached, frozen or recompute.
+    #[arg(long, default_value = "cached")]
+    pub bn: String,
+    /// TinyResNet's channels P.
+    #[arg(long, default_value_t = resnet_ode::models::DEFAULT_PLANES)]
+    pub planes: usize,
+    /// Train on the first N training images only.
+    #[arg(long)]
+    pub limit_train: Option<usize>,
+    /// Evaluate on the first N test images only.
+    #[arg(long)]
+    pub limit_test: Option<usize>,
+    /// Images in the batch the adjoint's gradients are compared on.
+    #[arg(long, default_value_t = depth_sweep::DEFAULT_GRAD_BATCH)]
+    pub grad_batch: usize,
+    #[command(flatten)]
+    pub device: super::DeviceArgs,
+}
+
+impl DepthSweepArgs {
+    /// The library configuration these flags name (each parse error names its flag).
+    fn config(&self) -> anyhow::Result<depth_sweep::Config> {
+        let data: resnet_ode::data::DataSpec = self.data.parse()?;
+        let augment = match self.augment.as_str() {
+            "on" => true,
+            "off" => false,
+            "auto" => data.default_augment(),
+            other => anyhow::bail!("invalid --augment: `{other}`: expected on, off or auto"),
+        };
+        let defaults = depth_sweep::Config::default();
+        let mut train = defaults.train;
+        train.data = data.to_string();
+        train.model.planes = self.planes;
+        train.bn = self.bn.parse()?;
+        train.epochs = self.epochs;
+        train.batch_size = self.batch_size;
+        train.lr = self.lr;
+        train.schedule = self.schedule.parse()?;
+        train.augment = augment;
+        train.limit_train = self.limit_train;
+        train.limit_test = self.limit_test;
+        Ok(depth_sweep::Config {
+            train,
+            depths: self.depths.clone(),
+            schemes: parse_all(&self.schemes).context("--schemes")?,
+            modes: parse_all(&self.modes).context("--modes")?,
+            seeds: (0..self.seeds as u64)
+                .map(|k| self.seed.wrapping_add(k))
+                .collect(),
+            grad_batch: self.grad_batch,
+        })
+    }
+}
+
 pub fn run(e: &Experiment) -> anyhow::Result<()> {
     let start = Instant::now();
     match e {
@@ -176,6 +274,14 @@ pub fn run(e: &Experiment) -> anyhow::Result<()> {
             let claims: Vec<_> = outcomes.iter().flat_map(|o| o.claims.clone()).collect();
             println!("\nall claims\n{}", claims_table(&claims));
             println!("report: {}", a.out.join("report.md").display());
+        }
+        Experiment::DepthSweep(a) => {
+            let (cfg, p) = (a.config()?, a.device.placement()?);
+            let runs = a.out.join(depth_sweep::RUNS_FILE);
+            single(&a.out, |show| {
+                depth_sweep::run(&cfg, &p, show, Some(&runs))
+                    .and_then(|d| depth_sweep::write(&d, &a.out))
+            })?
         }
     }
     eprintln!("done in {:.1} s", start.elapsed().as_secs_f64());

@@ -7,6 +7,7 @@
 //! what marks a run as complete, is written last.
 
 pub mod adjoint;
+pub mod depth_sweep;
 pub mod linear_gd;
 pub mod ode_distance;
 
