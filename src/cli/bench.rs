@@ -73,7 +73,10 @@ pub fn run(b: &Bench) -> anyhow::Result<()> {
         eprintln!("note: heap counting is off; memory columns read 0");
     }
     if args.device.device != "flex" {
-        eprintln!("note: memory columns count Rust heap allocations; {} buffers are not seen", args.device.device);
+        eprintln!(
+            "note: memory columns count Rust heap allocations; {} buffers are not seen",
+            args.device.device
+        );
     }
     println!("Measured: peak heap bytes of one training step above the live baseline, minus the");
     println!(
@@ -214,8 +217,11 @@ fn train(a: &TrainBenchArgs) -> anyhow::Result<()> {
     if !resnet_ode::memory::is_counting() {
         eprintln!("note: heap counting is off; memory columns read 0");
     }
-    if args.device.device != "flex" {
-        eprintln!("note: memory columns count Rust heap allocations; {} buffers are not seen", args.device.device);
+    if a.device.device != "flex" {
+        eprintln!(
+            "note: memory columns count Rust heap allocations; {} buffers are not seen",
+            a.device.device
+        );
     }
     println!("Training steps (forward, backward, SGD update) on random 3×32×32 images; step time:");
     println!(

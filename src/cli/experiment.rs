@@ -277,6 +277,8 @@ pub fn run(e: &Experiment) -> anyhow::Result<()> {
         }
         Experiment::DepthSweep(a) => {
             let (cfg, p) = (a.config()?, a.device.placement()?);
+            // Bad settings fail before the output directory is created.
+            cfg.check()?;
             let runs = a.out.join(depth_sweep::RUNS_FILE);
             single(&a.out, |show| {
                 depth_sweep::run(&cfg, &p, show, Some(&runs))
