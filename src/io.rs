@@ -33,7 +33,10 @@ pub fn load_weights<M: Module + ModuleSnapshot>(mut module: M, path: &Path) -> R
         ));
     }
     if let Some(name) = crate::params::first_non_finite(&module) {
-        return Err(Error::file(path, format!("tensor `{name}` holds NaN or infinity")));
+        return Err(Error::file(
+            path,
+            format!("tensor `{name}` holds NaN or infinity"),
+        ));
     }
     Ok(module)
 }
