@@ -189,7 +189,7 @@ impl<F: Module + ModuleDisplay> Stack<F> {
             stats: Some(&mut stats),
             plain: true,
         };
-        let x = x0.clone().detach().without_autodiff();
+        let x = x0.clone().without_autodiff();
         let x_n = self.integrate(x, 0, self.steps(), &mut pass, |n, s| {
             if n % every == 0 {
                 states.push(s.clone());
@@ -219,8 +219,8 @@ impl<F: Module + ModuleDisplay> Stack<F> {
     where
         F: Residual<D>,
     {
-        let g = grad_output.detach().without_autodiff();
-        let x_n = run.output.detach().without_autodiff();
+        let g = grad_output.without_autodiff();
+        let x_n = run.output.without_autodiff();
         match run.saved {
             Saved::Graph => None,
             Saved::Adjoint(mut stats) => {
@@ -307,12 +307,12 @@ impl<F: Module + ModuleDisplay> Stack<F> {
     where
         F: Residual<D>,
     {
-        let x0 = x0.detach().without_autodiff();
+        let x0 = x0.without_autodiff();
         let run = self.run(x0.clone(), GradMode::Adjoint, bn);
         let Saved::Adjoint(mut stats) = run.saved else {
             return f64::NAN;
         };
-        let mut x = run.output.detach().without_autodiff();
+        let mut x = run.output.without_autodiff();
         for n in (0..self.steps()).rev() {
             x = self.reverse_step(n, x, bn, &mut stats, None);
         }
@@ -321,8 +321,9 @@ impl<F: Module + ModuleDisplay> Stack<F> {
     }
 
     /// Backpropagate `g` through step n recomputed from `x`; returns the gradient at `x` and
-    /// the value of the first stage (f_n at `x`). As x_{n+1} = x_n + h Σ b_i k_i, the vector-Jacobian product is g plus the gradient of
-    /// Σ_i ⟨k_i, h b_i g⟩: only the stages go on the graph, not the step's sums.
+    /// the value of the first stage (f_n at `x`). As x_{n+1} = x_n + h Σ b_i k_i, the
+    /// vector-Jacobian product is g plus the gradient of Σ_i ⟨k_i, h b_i g⟩: only the stages go
+    /// on the graph, not the step's sums.
     fn vjp_step<const D: usize>(
         &self,
         n: usize,
@@ -343,26 +344,27 @@ impl<F: Module + ModuleDisplay> Stack<F> {
             plain: false,
         };
         let h = self.h();
+        let stages = self.scheme.stages();
         let ks = self
             .scheme
             .stage_values(n, h, leaf.clone(), |stage, layer, xi| {
-                self.eval(layer, xi, &mut pass, n * self.scheme.stages() + stage)
+                self.eval(layer, xi, &mut pass, n * stages + stage)
             });
-        let first = ks.first().map(|k| k.clone().detach().without_autodiff());
+        let first_stage = ks.first().map(|k| k.clone().without_autodiff());
         let weights = self.scheme.tableau().b;
         let s = ks
             .into_iter()
             .zip(weights)
             .map(|(k, b)| dot(k, like(g.clone() * (h * b), &leaf)))
             .reduce(|a, b| a + b);
-        let Some(s) = s else { return (g, first) };
+        let Some(s) = s else { return (g, first_stage) };
         let mut back = s.backward();
         self.collect(&mut back, n..n + 1 + self.scheme.reach(), grads);
         let g_prev = match leaf.grad_remove(&mut back) {
             Some(gx) => g + gx.without_autodiff(),
             None => g,
         };
-        (g_prev, first)
+        (g_prev, first_stage)
     }
 
     /// Exact gradients by recomputing each checkpointed segment with a graph.

@@ -119,8 +119,8 @@ impl<'a> Norm<'a> {
     fn record(&mut self, mean: Tensor<1>, var: Tensor<1>) {
         if let Some(store) = self.stats.as_mut() {
             store.push(BnStats {
-                mean: mean.detach().without_autodiff(),
-                var: var.detach().without_autodiff(),
+                mean: mean.without_autodiff(),
+                var: var.without_autodiff(),
             });
         }
     }
@@ -203,7 +203,7 @@ impl BatchNorm {
     fn update_running(&self, mean: Tensor<1>, var: Tensor<1>, count: usize) {
         let m = self.momentum;
         let unbias = count as f64 / (count.max(2) - 1) as f64;
-        let plain = |t: Tensor<1>| t.detach().without_autodiff();
+        let plain = |t: Tensor<1>| t.without_autodiff();
         let rm = plain(self.running_mean.value_sync());
         let rv = plain(self.running_var.value_sync());
         self.running_mean.update(rm * (1.0 - m) + plain(mean) * m);

@@ -222,12 +222,15 @@ struct Plain;
 impl ModuleMapper for Plain {
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
         let id = param.id;
-        Param::initialized(id, param.val().detach().without_autodiff())
+        Param::initialized(id, param.val().without_autodiff())
     }
 }
 
 /// A view of `module` whose parameters record no graph, sharing its running statistics (so the
 /// memory-free forward can update them). burn's `valid()` would copy the statistics instead.
+/// It takes the plain tensors (`without_autodiff`) rather than detaching: burn keeps some
+/// bookkeeping for every detach of an autodiff tensor until its next backward pass, which for a
+/// tied function viewed at each of thousands of steps grew with depth.
 pub fn plain_view<M: Module>(module: &M) -> M {
     module.clone().map(&mut Plain)
 }
