@@ -108,10 +108,11 @@ impl BasicBlock {
 }
 
 /// Option A shortcut: keep every `stride`-th pixel and pad the channels with zeros on both
-/// sides up to `cout`.
+/// sides up to `cout`. The subsampling is a 1×1 average pool with that stride (the same
+/// numbers as a stepped slice, whose backward LibTorch's burn backend cannot run).
 fn shortcut_a(x: Tensor<4>, stride: usize, cout: usize) -> Tensor<4> {
     let x = if stride > 1 {
-        x.slice(s![.., .., ..;stride as isize, ..;stride as isize])
+        avg_pool2d(x, AvgPoolOptions::new([1, 1]).with_stride([stride, stride]))
     } else {
         x
     };
