@@ -39,22 +39,6 @@ pub(crate) struct Pass<'a> {
     pub plain: bool,
 }
 
-/// Evaluate `f` at `x` for evaluation site `site` of `pass`.
-pub(crate) fn eval<F: Residual<D>, const D: usize>(
-    f: &F,
-    x: Tensor<D>,
-    pass: &mut Pass,
-    site: usize,
-) -> Tensor<D> {
-    let store = pass.stats.as_deref_mut().and_then(|s| s.get_mut(site));
-    let mut norm = Norm::new(pass.bn, pass.phase, store);
-    if pass.plain {
-        plain_view(f).forward(x, &mut norm)
-    } else {
-        f.forward(x, &mut norm)
-    }
-}
-
 impl<F: Module + ModuleDisplay> Stack<F> {
     /// A stack of independent functions (N = `functions.len()`).
     pub fn new(functions: Vec<F>, scheme: Scheme) -> Result<Self> {
@@ -137,33 +121,17 @@ impl<F: Module + ModuleDisplay> Stack<F> {
         from: usize,
         to: usize,
         pass: &mut Pass,
-        keep: impl FnMut(usize, &Tensor<D>),
+        mut keep: impl FnMut(usize, &Tensor<D>),
     ) -> Tensor<D>
     where
         F: Residual<D>,
-    {
-        self.integrate_with(x, from, to, pass, keep, |l| self.function(l))
-    }
-
-    /// [`Stack::integrate`] with the function of each layer given by `function`.
-    pub(crate) fn integrate_with<'f, const D: usize>(
-        &self,
-        x: Tensor<D>,
-        from: usize,
-        to: usize,
-        pass: &mut Pass,
-        mut keep: impl FnMut(usize, &Tensor<D>),
-        function: impl Fn(usize) -> &'f F,
-    ) -> Tensor<D>
-    where
-        F: Residual<D> + 'f,
     {
         let (h, stages) = (self.h(), self.scheme.stages());
         let mut x = x;
         keep(from, &x);
         for n in from..to {
             x = self.scheme.step(n, h, x, |stage, layer, xi| {
-                eval(function(layer), xi, pass, n * stages + stage)
+                self.eval(layer, xi, pass, n * stages + stage)
             });
             keep(n + 1, &x);
         }
@@ -181,7 +149,14 @@ impl<F: Module + ModuleDisplay> Stack<F> {
     where
         F: Residual<D>,
     {
-        eval(self.function(layer), x, pass, site)
+        let store = pass.stats.as_deref_mut().and_then(|s| s.get_mut(site));
+        let mut norm = Norm::new(pass.bn, pass.phase, store);
+        let f = self.function(layer);
+        if pass.plain {
+            plain_view(f).forward(x, &mut norm)
+        } else {
+            f.forward(x, &mut norm)
+        }
     }
 
     /// Empty statistics store for one forward pass.
