@@ -80,23 +80,31 @@ pub struct BnStats {
     pub var: Tensor<1>,
 }
 
+/// The batch statistics of one evaluation site: every BN's mean then variance, in call order,
+/// packed into one tensor (one allocation per evaluation rather than two per batch norm: the
+/// memory-free forward keeps one per step). Boxed, so a site without batch norm costs one word.
+pub type PackedStats = Option<Box<Tensor<1>>>;
+
 /// The context a residual evaluation passes to its batch norms.
 pub struct Norm<'a> {
     mode: BnMode,
     phase: Phase,
     /// Statistics of this evaluation site: filled in the forward, read by the adjoint.
-    stats: Option<&'a mut Vec<BnStats>>,
-    cursor: usize,
+    stats: Option<&'a mut PackedStats>,
+    /// Statistics recorded by this evaluation, packed into `stats` when it ends.
+    pending: Vec<Tensor<1>>,
+    offset: usize,
 }
 
 impl<'a> Norm<'a> {
     /// A context for one evaluation.
-    pub fn new(mode: BnMode, phase: Phase, stats: Option<&'a mut Vec<BnStats>>) -> Self {
+    pub fn new(mode: BnMode, phase: Phase, stats: Option<&'a mut PackedStats>) -> Self {
         Self {
             mode,
             phase,
             stats,
-            cursor: 0,
+            pending: Vec::new(),
+            offset: 0,
         }
     }
 
@@ -110,18 +118,34 @@ impl<'a> Norm<'a> {
         Norm::new(mode, Phase::Forward, None)
     }
 
-    fn cached(&mut self) -> Option<BnStats> {
-        let s = self.stats.as_ref()?.get(self.cursor).cloned();
-        self.cursor += 1;
-        s
+    /// The next batch norm's recorded statistics (`channels` wide), if any.
+    fn cached(&mut self, channels: usize) -> Option<BnStats> {
+        let packed = self.stats.as_ref()?.as_ref()?;
+        if self.offset + 2 * channels > packed.dims()[0] {
+            return None;
+        }
+        let mean = packed.clone().narrow(0, self.offset, channels);
+        let var = packed.clone().narrow(0, self.offset + channels, channels);
+        self.offset += 2 * channels;
+        Some(BnStats { mean, var })
     }
 
     fn record(&mut self, mean: Tensor<1>, var: Tensor<1>) {
+        if self.stats.is_some() {
+            self.pending.push(mean.without_autodiff());
+            self.pending.push(var.without_autodiff());
+        }
+    }
+}
+
+impl Drop for Norm<'_> {
+    /// Pack what the evaluation recorded into its site's store.
+    fn drop(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
         if let Some(store) = self.stats.as_mut() {
-            store.push(BnStats {
-                mean: mean.without_autodiff(),
-                var: var.without_autodiff(),
-            });
+            **store = Some(Box::new(Tensor::cat(std::mem::take(&mut self.pending), 0)));
         }
     }
 }
@@ -174,7 +198,7 @@ impl BatchNorm {
                 norm.record(out.mean, out.variance);
                 out.output
             }
-            (Phase::Reconstruct, BnMode::Cached) => match norm.cached() {
+            (Phase::Reconstruct, BnMode::Cached) => match norm.cached(g.dims()[0]) {
                 Some(s) => batch_norm(
                     x.clone(),
                     g,
@@ -185,7 +209,7 @@ impl BatchNorm {
                 ),
                 None => batch_norm_train(x, g, b, self.epsilon).output,
             },
-            (Phase::Vjp, BnMode::Cached) => match norm.cached() {
+            (Phase::Vjp, BnMode::Cached) => match norm.cached(g.dims()[0]) {
                 Some(s) => self.straight_through(x, g, b, s),
                 None => batch_norm_train(x, g, b, self.epsilon).output,
             },

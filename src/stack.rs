@@ -5,7 +5,7 @@
 //! (tied weights, the "ODE-like" models of paper.md §3.2). Gradients through a stack come from
 //! [`crate::grad`]; this module holds the data and the one integration loop every pass uses.
 
-use crate::norm::{BnMode, BnStats, Norm, Phase};
+use crate::norm::{BnMode, Norm, PackedStats, Phase};
 use crate::params::{independent_copy, plain_view};
 use crate::residual::Residual;
 use crate::scheme::Scheme;
@@ -27,7 +27,7 @@ pub struct Stack<F: Module> {
 
 /// Batch-norm statistics of every evaluation of one forward pass, indexed by
 /// `step · stages + stage` (an evaluation site).
-pub type SiteStats = Vec<Vec<BnStats>>;
+pub type SiteStats = Vec<PackedStats>;
 
 /// How one pass through the stack normalises and what it records.
 pub(crate) struct Pass<'a> {
@@ -161,7 +161,7 @@ impl<F: Module + ModuleDisplay> Stack<F> {
 
     /// Empty statistics store for one forward pass.
     pub(crate) fn new_site_stats(&self) -> SiteStats {
-        vec![Vec::new(); self.steps() * self.scheme.stages()]
+        vec![None; self.steps() * self.scheme.stages()]
     }
 
     /// Training forward with a graph (batch statistics; running statistics updated once).
