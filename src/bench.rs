@@ -151,15 +151,9 @@ where
     let (mut times, mut peak, mut held) = (Vec::new(), 0usize, 0usize);
     for _ in 0..cfg.reps.max(1) {
         let t0 = Instant::now();
-        let base = memory::reset_peak();
-        let grads = step();
+        let (grads, transient, grad_bytes) = memory::measure_transient(step);
         times.push(t0.elapsed().as_secs_f64() * 1e3);
-        let grad_bytes = memory::live_bytes().saturating_sub(base);
-        peak = peak.max(
-            memory::peak_bytes()
-                .saturating_sub(base)
-                .saturating_sub(grad_bytes),
-        );
+        peak = peak.max(transient);
         held = held.max(grad_bytes);
         drop(grads);
     }

@@ -200,12 +200,8 @@ fn step(
     optimizer: &mut Optimizer,
     p: &Placement,
 ) -> Result<(Model, usize)> {
-    let base = memory::reset_peak();
-    let grads = step_gradients(&model, batch, cfg.mode, BnMode::Cached);
-    let gradient_bytes = memory::live_bytes().saturating_sub(base);
-    let peak = memory::peak_bytes()
-        .saturating_sub(base)
-        .saturating_sub(gradient_bytes);
+    let (grads, peak, _) =
+        memory::measure_transient(|| step_gradients(&model, batch, cfg.mode, BnMode::Cached));
     if !grads.loss.is_finite() {
         return Err(Error::NonFinite {
             what: format!(

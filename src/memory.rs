@@ -88,3 +88,14 @@ pub fn measure<T>(f: impl FnOnce() -> T) -> (T, usize) {
     let out = f();
     (out, peak_bytes().saturating_sub(base))
 }
+
+/// Run `f` and split the heap it used: its result, the peak bytes above what was live before
+/// that are no longer held when it returns (activations, graph, temporaries), and the bytes it
+/// still holds (what it returns, e.g. gradients). What the benchmarks report.
+pub fn measure_transient<T>(f: impl FnOnce() -> T) -> (T, usize, usize) {
+    let base = reset_peak();
+    let out = f();
+    let held = live_bytes().saturating_sub(base);
+    let transient = peak_bytes().saturating_sub(base).saturating_sub(held);
+    (out, transient, held)
+}
