@@ -113,6 +113,19 @@ impl<F: Module + ModuleDisplay> Stack<F> {
         }
     }
 
+    /// An independent depth-`depth` stack whose function i copies function ⌊i·N/depth⌋ of
+    /// this one: the piecewise-constant transfer of a trained stack to another depth that the
+    /// authors' `compare_gradients.py` uses (paper.md §3.4). A tied stack stays tied.
+    pub fn piecewise_copy(&self, depth: usize) -> Result<Self> {
+        if self.is_tied() {
+            return Self::tied(independent_copy(&self.functions[0]), depth, self.scheme);
+        }
+        let functions = (0..depth)
+            .map(|i| independent_copy(self.function(i * self.functions.len() / depth)))
+            .collect();
+        Self::new(functions, self.scheme)
+    }
+
     /// Integrate steps `from..to` starting at `x`, calling `keep(n, &x_n)` on every state
     /// (n = from..=to). The single loop behind every pass.
     pub(crate) fn integrate<const D: usize>(

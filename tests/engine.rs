@@ -465,3 +465,29 @@ fn cached_bn_adjoint_error_vanishes_with_depth() {
         "cached-BN adjoint error should fall with depth: {errs:?}"
     );
 }
+
+#[test]
+fn piecewise_copy_repeats_each_function_and_is_independent() {
+    let p = f64p();
+    let base = mlp_stack(&p, 4, Family::Iid, Scheme::Euler, 9);
+    let x = input(&p, [4, 16], 3);
+    // At its own depth the copy computes the same map.
+    let same = base.piecewise_copy(4).unwrap();
+    let d = to_vec(
+        &(base.forward_eval(x.clone()) - same.forward_eval(x.clone()))
+            .abs()
+            .max(),
+    );
+    assert!(d[0] < 1e-14);
+    // At depth 8, function i is function ⌊i/2⌋ of the base, with parameters of its own.
+    let fine = base.piecewise_copy(8).unwrap();
+    assert_eq!((fine.depth, fine.functions.len()), (8, 8));
+    for i in 0..8 {
+        let (copy, orig) = (&fine.functions[i], &base.functions[i / 2]);
+        for (c, o) in [(&copy.w1, &orig.w1), (&copy.w2, &orig.w2)] {
+            assert_eq!(to_vec(&c.val()), to_vec(&o.val()), "function {i}");
+            assert_ne!(c.id, o.id, "function {i} shares a parameter with the base");
+        }
+        assert_eq!(to_vec(&copy.b1.val()), to_vec(&orig.b1.val()));
+    }
+}

@@ -36,6 +36,7 @@ fn tiny_sweep() -> Config {
         depths: vec![2, 4],
         seeds: vec![0],
         grad_batch: 32,
+        grad_depths: vec![2, 4, 8],
         ..Config::default()
     }
 }
@@ -70,9 +71,10 @@ fn sweep_writes_its_files() {
         assert!(r.best_test_error <= r.final_test_error + 1e-9);
         assert_eq!(r.test_errors.len(), 1);
     }
-    // Gradients are compared on the adjoint-trained model of each scheme and depth.
+    // Gradients are compared on the adjoint-trained depth-4 model (the largest swept) of each
+    // scheme, copied to every gradient depth.
     for scheme in ["euler", "heun"] {
-        for depth in [2, 4] {
+        for depth in [2, 4, 8] {
             let rows: Vec<_> = data
                 .gradients
                 .iter()
@@ -80,6 +82,7 @@ fn sweep_writes_its_files() {
                 .collect();
             assert!(!rows.is_empty(), "{scheme} N={depth}");
             assert!(rows.iter().all(|g| g.trained_with == "adjoint"
+                && g.base_depth == 4
                 && !g.tensor.contains("bias")
                 && g.rel_sq_error.is_finite()
                 && g.rel_sq_error >= 0.0));
@@ -128,6 +131,7 @@ fn grad_row(scheme: &str, depth: usize, e: f64) -> GradRow {
     GradRow {
         scheme: scheme.into(),
         depth,
+        base_depth: 32,
         trained_with: "adjoint".into(),
         seed: 0,
         tensor: "stack.functions.0.conv1.weight".into(),
@@ -191,6 +195,16 @@ fn sweep_rejects_bad_settings() {
         ..tiny_sweep()
     };
     assert!(err(no_batch).contains("--grad-batch"));
+    let unswept_base = Config {
+        grad_base_depth: Some(8),
+        ..tiny_sweep()
+    };
+    assert!(err(unswept_base).contains("--grad-base-depth"));
+    let heun_grad_one = Config {
+        grad_depths: vec![1, 4],
+        ..tiny_sweep()
+    };
+    assert!(err(heun_grad_one).contains("--grad-depths"));
     let mut bad_epochs = tiny_sweep();
     bad_epochs.train.epochs = 0;
     assert!(err(bad_epochs).contains("--epochs"));

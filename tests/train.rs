@@ -14,8 +14,8 @@ use resnet_ode::rng::Rng;
 use resnet_ode::scheme::Scheme;
 use resnet_ode::stack::Stack;
 use resnet_ode::train::{
-    eval_run, load_run, prepare, step_gradients, train_on, DeviceBatch, EpochMetrics, TrainConfig,
-    TrainOptions, TrainState, STATE_FILE,
+    eval_run, load_run, lr_scales, prepare, step_gradients, train_on, DeviceBatch, EpochMetrics,
+    Optimizer, OptimizerConfig, TrainConfig, TrainOptions, TrainState, STATE_FILE,
 };
 use std::path::PathBuf;
 
@@ -253,6 +253,75 @@ fn adjoint_gradients_match_backprop_on_tiny_resnet() {
             );
         }
     }
+}
+
+/// The parameter values of `m`, flattened per tensor, with their names.
+fn values(m: &Model) -> Vec<(String, Vec<f64>)> {
+    let names = resnet_ode::params::named(m).into_iter().map(|p| p.name);
+    names.zip(flat_values(m)).collect()
+}
+
+fn flat_values(m: &Model) -> Vec<Vec<f64>> {
+    use burn::module::{Module, ModuleVisitor, Param};
+    struct Values(Vec<Vec<f64>>);
+    impl ModuleVisitor for Values {
+        fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<D>>) {
+            if p.is_require_grad() {
+                self.0.push(to_vec(&p.val().flatten::<1>(0, D - 1)));
+            }
+        }
+    }
+    let mut v = Values(Vec::new());
+    m.visit(&mut v);
+    v.0
+}
+
+#[test]
+fn adaptive_lr_moves_each_stack_function_n_times_further() {
+    let depth = 4;
+    let p = p32();
+    let data = prepare(digits(), &small(depth)).unwrap();
+    let batch = batches(data.train, 32, false, None, &mut Rng::new(0), false)
+        .unwrap()
+        .next()
+        .unwrap();
+    let batch = DeviceBatch::new(&p, &batch, 10);
+    let m = active_tiny(depth, Scheme::Euler);
+    let before = values(&m);
+    // Plain gradient descent, so a parameter's move is exactly its rate times its gradient.
+    let plain = OptimizerConfig {
+        momentum: 0.0,
+        weight_decay: 0.0,
+        ..OptimizerConfig::default()
+    };
+    let moved = |adaptive: bool| {
+        let copy = independent_copy(&m);
+        let step = step_gradients(&copy, &batch, GradMode::Backprop, BnMode::Cached);
+        let scales = lr_scales(&copy, adaptive);
+        let after = Optimizer::new(plain.clone()).step_scaled(copy, step.grads, 0.01, &scales);
+        values(&after)
+            .into_iter()
+            .zip(&before)
+            .map(|((n, a), (_, b))| (n, a.iter().zip(b).map(|(x, y)| x - y).collect()))
+            .collect::<Vec<(String, Vec<f64>)>>()
+    };
+    let (fixed, adaptive) = (moved(false), moved(true));
+    let mut stack_tensors = 0;
+    for ((name, f), (_, a)) in fixed.iter().zip(&adaptive) {
+        let ratio = if name.contains("functions") {
+            stack_tensors += 1;
+            depth as f64
+        } else {
+            1.0
+        };
+        for (x, y) in f.iter().zip(a) {
+            assert!(
+                (y - ratio * x).abs() <= 1e-5 * (1.0 + y.abs()),
+                "{name}: {y} vs {ratio}×{x}"
+            );
+        }
+    }
+    assert!(stack_tensors > 0, "the stack's parameters were compared");
 }
 
 fn scores(h: &[EpochMetrics]) -> Vec<[f64; 4]> {

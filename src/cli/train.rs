@@ -58,6 +58,10 @@ pub struct TrainArgs {
     nesterov: bool,
     #[arg(long, default_value_t = 5e-4)]
     weight_decay: f64,
+    /// Train each stack's residual functions at lr × N (the authors' --adaptive), so deep
+    /// 1/N-scaled stacks learn as fast as shallow ones.
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
+    adaptive_lr: bool,
     /// Learning-rate schedule: cosine, step (÷10 after E/3 and 2E/3) or constant.
     #[arg(long, default_value = "cosine")]
     schedule: String,
@@ -145,6 +149,7 @@ impl TrainArgs {
             limit_train: self.limit_train,
             limit_test: self.limit_test,
             augment,
+            adaptive_lr: self.adaptive_lr,
         })
     }
 }

@@ -11,9 +11,10 @@
 //!
 //! The adjoint here reconstructs by reverse steps chained from x_N, the algorithm the paper
 //! describes (its memcnn code reconstructs each block from its stored output instead, so its
-//! errors do not accumulate over depth; paper.md §3.4). The gradient error is measured on the
-//! model trained at each depth (the first seed, adjoint-trained), where the authors copied one
-//! depth-32 model piecewise into every depth.
+//! errors do not accumulate over depth; paper.md §3.4). The gradient error is measured as the
+//! authors' `compare_gradients.py`: one model trained with the adjoint at the base depth (32;
+//! first seed) is copied piecewise-constant into a net of each depth 4…64, so every depth
+//! carries the same trained function and only the discretisation changes.
 
 use super::{check_depths, num, progress, slope, Outcome};
 use crate::data::{batches, Augment, DataSpec, Split};
@@ -45,6 +46,10 @@ pub const DEFAULT_EPOCHS: usize = 3;
 pub const DEFAULT_BATCH: usize = 16;
 /// The paper's gradient batch: the first training batch of 256 images.
 pub const DEFAULT_GRAD_BATCH: usize = 256;
+/// The depths `plot_grad_dist.py` compares gradients at.
+pub const DEFAULT_GRAD_DEPTHS: [usize; 5] = [4, 8, 16, 32, 64];
+/// The depth of the trained model `compare_gradients.py` copies (`--base_depth 32`).
+pub const DEFAULT_GRAD_BASE_DEPTH: usize = 32;
 /// File holding every finished run; rewritten after each run, so a killed sweep keeps them.
 pub const RUNS_FILE: &str = "depth_sweep.json";
 
@@ -67,16 +72,23 @@ pub struct Config {
     pub seeds: Vec<u64>,
     /// Images in the batch the adjoint's gradients are compared on.
     pub grad_batch: usize,
+    /// Depths the trained base model is copied to for the gradient comparison.
+    pub grad_depths: Vec<usize>,
+    /// The swept depth whose trained model is copied; `None`: 32 when swept, else the largest.
+    pub grad_base_depth: Option<usize>,
 }
 
 impl Default for Config {
     /// The paper's grid (Euler/Heun × backprop/adjoint) on the built-in digits, sized to finish
-    /// in about 15 minutes on 2 CPU cores.
+    /// in about 15 minutes on 2 CPU cores. The residual functions train at lr × N (the
+    /// authors' `--adaptive`, off in their runs): their 90 CIFAR epochs let deep stacks catch
+    /// up, 3 epochs on the digits do not.
     fn default() -> Self {
         Self {
             train: TrainConfig {
                 epochs: DEFAULT_EPOCHS,
                 batch_size: DEFAULT_BATCH,
+                adaptive_lr: true,
                 ..TrainConfig::default()
             },
             depths: DEFAULT_DEPTHS.to_vec(),
@@ -84,6 +96,8 @@ impl Default for Config {
             modes: vec![GradMode::Backprop, GradMode::Adjoint],
             seeds: (0..DEFAULT_SEEDS as u64).collect(),
             grad_batch: DEFAULT_GRAD_BATCH,
+            grad_depths: DEFAULT_GRAD_DEPTHS.to_vec(),
+            grad_base_depth: None,
         }
     }
 }
@@ -154,6 +168,17 @@ impl Config {
         }
     }
 
+    /// The trained depth whose model the gradient comparison copies.
+    pub fn base_depth(&self) -> usize {
+        let largest = self.depths.iter().copied().max().unwrap_or(0);
+        self.grad_base_depth
+            .unwrap_or(if self.depths.contains(&DEFAULT_GRAD_BASE_DEPTH) {
+                DEFAULT_GRAD_BASE_DEPTH
+            } else {
+                largest
+            })
+    }
+
     /// Rejects a sweep that cannot run, naming the flag, before any training.
     pub fn check(&self) -> Result<()> {
         check_depths(&self.depths, 1)?;
@@ -161,6 +186,7 @@ impl Config {
             ("--schemes", self.schemes.is_empty()),
             ("--modes", self.modes.is_empty()),
             ("--seeds", self.seeds.is_empty()),
+            ("--grad-depths", self.grad_depths.is_empty()),
         ];
         if let Some((flag, _)) = nonempty.iter().find(|(_, empty)| *empty) {
             return Err(Error::invalid(*flag, "needs at least one value"));
@@ -174,8 +200,19 @@ impl Config {
                 "the depth sweep trains TinyResNet",
             ));
         }
+        if !self.depths.contains(&self.base_depth()) {
+            return Err(Error::invalid(
+                "--grad-base-depth",
+                format!(
+                    "{}: must be one of the swept --depths {:?}",
+                    self.base_depth(),
+                    self.depths
+                ),
+            ));
+        }
         for &scheme in &self.schemes {
-            check_scheme_depths(scheme, &self.depths)?;
+            check_scheme_depths(scheme, &self.depths, "--depths")?;
+            check_scheme_depths(scheme, &self.grad_depths, "--grad-depths")?;
         }
         self.jobs()
             .iter()
@@ -183,10 +220,10 @@ impl Config {
     }
 }
 
-fn check_scheme_depths(scheme: Scheme, depths: &[usize]) -> Result<()> {
+fn check_scheme_depths(scheme: Scheme, depths: &[usize], flag: &str) -> Result<()> {
     match depths.iter().find(|&&n| n < scheme.min_functions()) {
         Some(n) => Err(Error::invalid(
-            "--depths",
+            flag,
             format!(
                 "N = {n}: {scheme} needs at least {} residual functions",
                 scheme.min_functions()
@@ -214,12 +251,15 @@ pub struct RunRow {
     pub activation_peak_bytes: usize,
 }
 
-/// The adjoint's error on one parameter tensor of a trained model.
+/// The adjoint's error on one parameter tensor of a trained model copied to another depth.
 #[derive(Debug, Clone, Serialize)]
 pub struct GradRow {
     pub scheme: String,
+    /// Depth of the piecewise copy the gradients are compared on.
     pub depth: usize,
-    /// How the compared model was trained.
+    /// Depth the copied model was trained at.
+    pub base_depth: usize,
+    /// How the copied model was trained.
     pub trained_with: String,
     pub seed: u64,
     pub tensor: String,
@@ -269,9 +309,13 @@ pub fn run(cfg: &Config, p: &Placement, show: bool, partial: Option<&Path>) -> R
     for job in jobs {
         bar.set_message(job.to_string());
         let model = train_job(&job, cfg, &split, p, &mut data)?;
-        if job.seed == cfg.seeds[0] && Some(job.mode) == cfg.reference_mode() {
-            data.gradients
-                .extend(gradient_rows(&job, &model, &grad_batch, cfg)?);
+        let is_base = job.seed == cfg.seeds[0] && job.depth == cfg.base_depth();
+        if is_base && Some(job.mode) == cfg.reference_mode() {
+            for &depth in &cfg.grad_depths {
+                let copy = model.piecewise_copy(depth)?;
+                let rows = gradient_rows(&job, &copy, depth, &grad_batch, cfg)?;
+                data.gradients.extend(rows);
+            }
         }
         if let Some(path) = partial {
             write_json(path, &data)?;
@@ -337,11 +381,13 @@ fn gradient_batch(split: &Split, cfg: &Config, p: &Placement) -> Result<DeviceBa
     Ok(DeviceBatch::new(p, &batch, data.input.classes))
 }
 
-/// Backprop and adjoint gradients of one batch on copies of `model` (train mode, so the batch
-/// norms use batch statistics), compared per non-bias tensor as `compare_gradients.py`.
+/// Backprop and adjoint gradients of one batch on copies of `model`, the piecewise copy at
+/// `depth` of `job`'s trained model (train mode, so the batch norms use batch statistics),
+/// compared per non-bias tensor as `compare_gradients.py`.
 fn gradient_rows(
     job: &Job,
     model: &Model,
+    depth: usize,
     batch: &DeviceBatch,
     cfg: &Config,
 ) -> Result<Vec<GradRow>> {
@@ -354,7 +400,7 @@ fn gradient_rows(
     let (loss_a, a) = grads(GradMode::Adjoint);
     if !(loss_b.is_finite() && loss_a.is_finite()) {
         return Err(Error::NonFinite {
-            what: format!("the gradient-comparison loss of depth-sweep run {job}"),
+            what: format!("the gradient-comparison loss of run {job} copied to N={depth}"),
         });
     }
     let rows = gradient_error(&b, &a)
@@ -363,7 +409,8 @@ fn gradient_rows(
         .filter(|t| !t.name.contains("bias"))
         .map(|t| GradRow {
             scheme: job.scheme.to_string(),
-            depth: job.depth,
+            depth,
+            base_depth: job.depth,
             trained_with: job.mode.to_string(),
             seed: job.seed,
             tensor: t.name,
@@ -385,9 +432,10 @@ fn setting(cfg: &Config, split: &Split) -> String {
     format!(
         "TinyResNet (P = {}, piecewise-constant init from base depth {}, batch norm `{}`) on \
          {} ({n_train} training / {n_test} test images, augmentation {}), {} epochs, batch {}, \
-         {} lr {} ({} schedule, warm-up {} epochs), seeds {:?}. Adjoint: reverse steps chained \
-         from x_N. Gradient error: the model trained at each depth with seed {} (adjoint-trained \
-         where swept), one training batch of {} images, train mode, per non-bias tensor",
+         {} lr {}{} ({} schedule, warm-up {} epochs), seeds {:?}. Adjoint: reverse steps chained \
+         from x_N. Gradient error: the depth-{} model trained with seed {} ({}), copied \
+         piecewise-constant to depths {:?}, one training batch of {} images, train mode, per \
+         non-bias tensor",
         t.model.planes,
         t.model.base_depth,
         t.bn,
@@ -397,10 +445,19 @@ fn setting(cfg: &Config, split: &Split) -> String {
         t.batch_size,
         t.optimizer.kind,
         t.lr,
+        if t.adaptive_lr {
+            " (residual functions × N)"
+        } else {
+            ""
+        },
         t.schedule,
         t.warmup_epochs,
         cfg.seeds,
+        cfg.base_depth(),
         cfg.seeds[0],
+        cfg.reference_mode()
+            .map_or("-".to_string(), |m| m.to_string()),
+        cfg.grad_depths,
         cfg.grad_batch.min(n_train),
     )
 }
@@ -616,6 +673,7 @@ fn write_gradients_csv(data: &Data, dir: &Path) -> Result<()> {
     let header = [
         "scheme",
         "depth",
+        "base_depth",
         "trained_with",
         "seed",
         "tensor",
@@ -629,6 +687,7 @@ fn write_gradients_csv(data: &Data, dir: &Path) -> Result<()> {
             vec![
                 g.scheme.clone(),
                 g.depth.to_string(),
+                g.base_depth.to_string(),
                 g.trained_with.clone(),
                 g.seed.to_string(),
                 g.tensor.clone(),
@@ -701,7 +760,7 @@ fn plot_gradient_error(data: &Data, dir: &Path) -> Result<()> {
     }
     loglog(
         &dir.join("gradient_error"),
-        "Adjoint vs backprop gradients of the trained models, per tensor",
+        "Adjoint vs backprop gradients of a trained model copied to each depth, per tensor",
         "depth N",
         "mean((g_b − g_a)²) / mean(g_b²)",
         &series,

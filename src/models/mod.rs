@@ -248,6 +248,28 @@ impl Model {
         }
     }
 
+    /// An independent copy with `depth` functions per stack, function i copying function
+    /// ⌊i·N/depth⌋ (see [`Stack::piecewise_copy`]); stem, head and other layers are copied.
+    pub fn piecewise_copy(&self, depth: usize) -> Result<Model> {
+        Ok(match self {
+            Model::Tiny(m) => Model::Tiny(TinyResNet {
+                stem: independent_copy(&m.stem),
+                stack: m.stack.piecewise_copy(depth)?,
+                head: independent_copy(&m.head),
+                pool: m.pool,
+            }),
+            Model::Cifar(m) => Model::Cifar(CifarResNet {
+                stem: independent_copy(&m.stem),
+                stages: m
+                    .stages
+                    .iter()
+                    .map(|s| piecewise_stage(s, depth))
+                    .collect::<Result<_>>()?,
+                head: independent_copy(&m.head),
+            }),
+        })
+    }
+
     /// The same model integrating every stack with `depth` steps' worth of functions: for tied
     /// models, a finer or coarser discretisation of the same ODE (the "ODE-like" test of
     /// paper.md §3.2). Untied models only accept their own depth.
@@ -277,6 +299,22 @@ impl Model {
             }
         }
     }
+}
+
+fn piecewise_stage(s: &Stage, depth: usize) -> Result<Stage> {
+    let rest = match &s.rest {
+        Rest::Scaled(stack) => Rest::Scaled(stack.piecewise_copy(depth)?),
+        Rest::Original(_) => {
+            return Err(Error::invalid(
+                "--model",
+                "the original (unscaled) CIFAR ResNet has no depth-scaled stack to copy",
+            ))
+        }
+    };
+    Ok(Stage {
+        first: independent_copy(&s.first),
+        rest,
+    })
 }
 
 fn untie_stage(s: &Stage) -> Stage {

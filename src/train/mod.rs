@@ -28,13 +28,15 @@ use crate::grad::{backward_through, GradMode};
 use crate::io::{load_weights, save_weights};
 use crate::models::{InputShape, Model, ModelSpec};
 use crate::norm::BnMode;
-use crate::params::independent_copy;
+use crate::params::{independent_copy, named};
 use crate::report::{ensure_writable_dir, write_json};
 use crate::rng::Rng;
 use crate::{memory, Error, Result};
+use burn::module::ParamId;
 use burn::optim::GradientsParams;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -64,6 +66,11 @@ pub struct TrainConfig {
     pub limit_test: Option<usize>,
     /// Random crop (pad 4) and horizontal flip of the training images.
     pub augment: bool,
+    /// The residual functions of each N-function stack train at lr × N (the authors'
+    /// `--adaptive`): under the 1/N scaling each function's gradient shrinks like 1/N, so with
+    /// one lr for all a deep stack's residual map moves N times slower than a shallow one's.
+    #[serde(default)]
+    pub adaptive_lr: bool,
 }
 
 impl Default for TrainConfig {
@@ -87,6 +94,7 @@ impl Default for TrainConfig {
             limit_train: None,
             limit_test: None,
             augment: false,
+            adaptive_lr: false,
         }
     }
 }
@@ -238,6 +246,21 @@ pub fn train_on(
     })
 }
 
+/// Learning-rate multipliers by parameter: N for the functions of an N-function stack with
+/// `adaptive`, none otherwise.
+pub fn lr_scales(model: &Model, adaptive: bool) -> HashMap<ParamId, f64> {
+    if !adaptive {
+        return HashMap::new();
+    }
+    let mut scales = HashMap::new();
+    for stack in model.stacks() {
+        for p in named(stack) {
+            scales.insert(p.id, stack.depth as f64);
+        }
+    }
+    scales
+}
+
 /// A run in progress (the model is passed through it, since each optimizer step consumes it).
 struct Run<'a> {
     config: &'a TrainConfig,
@@ -383,6 +406,7 @@ impl<'a> Run<'a> {
             false,
         )?;
         let steps = epoch.len();
+        let scales = lr_scales(&model, c.adaptive_lr);
         let bar = progress_bar(progress, steps, self.epoch, c.epochs);
         let start = Instant::now();
         let (mut loss_sum, mut correct, mut seen, mut peak, mut lr) =
@@ -401,7 +425,7 @@ impl<'a> Run<'a> {
             if !step.loss.is_finite() {
                 return Err(self.non_finite(k, steps));
             }
-            model = self.optimizer.step(model, step.grads, lr);
+            model = self.optimizer.step_scaled(model, step.grads, lr, &scales);
             loss_sum += step.loss * batch.batch as f64;
             correct += step.correct;
             (seen, peak) = (seen + batch.batch, peak.max(bytes));

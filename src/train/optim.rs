@@ -12,10 +12,11 @@ use crate::device::Placement;
 use crate::io::{load_weights, save_weights};
 use crate::params::named;
 use crate::{Error, Result};
-use burn::module::{Module, ModuleMapper, Param};
+use burn::module::{Module, ModuleMapper, Param, ParamId};
 use burn::optim::GradientsParams;
 use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 use std::path::Path;
 use std::str::FromStr;
 
@@ -134,11 +135,24 @@ impl Optimizer {
     }
 
     /// One update of every parameter of `model` that has a gradient in `grads`, at rate `lr`.
-    pub fn step<M: Module>(&mut self, model: M, mut grads: GradientsParams, lr: f64) -> M {
+    pub fn step<M: Module>(&mut self, model: M, grads: GradientsParams, lr: f64) -> M {
+        self.step_scaled(model, grads, lr, &HashMap::new())
+    }
+
+    /// [`Optimizer::step`] with the rate of each parameter in `scales` multiplied by its entry
+    /// (a parameter group's learning rate, e.g. the residual functions' lr × N).
+    pub fn step_scaled<M: Module>(
+        &mut self,
+        model: M,
+        mut grads: GradientsParams,
+        lr: f64,
+        scales: &HashMap<ParamId, f64>,
+    ) -> M {
         let model = model.map(&mut Update {
             opt: self,
             grads: &mut grads,
             lr,
+            scales,
             index: 0,
         });
         self.steps += 1;
@@ -291,6 +305,7 @@ struct Update<'a> {
     opt: &'a mut Optimizer,
     grads: &'a mut GradientsParams,
     lr: f64,
+    scales: &'a HashMap<ParamId, f64>,
     index: usize,
 }
 
@@ -309,7 +324,8 @@ impl ModuleMapper for Update<'_> {
         let dims = w.dims();
         let n = w.shape().num_elements();
         let g = g.detach().without_autodiff().reshape([n]);
-        let new = self.opt.update(i, w.reshape([n]), g, self.lr);
+        let lr = self.lr * self.scales.get(&id).copied().unwrap_or(1.0);
+        let new = self.opt.update(i, w.reshape([n]), g, lr);
         let value = new.reshape(dims).autodiff().require_grad();
         Param::initialized(id, value)
     }
