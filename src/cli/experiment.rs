@@ -29,8 +29,9 @@ pub enum Experiment {
     /// Every experiment at default sizes, with DIR/report.md and DIR/report.json.
     All(AllArgs),
     /// TinyResNet's best test error vs depth, Euler/Heun × backprop/adjoint, and the adjoint's
-    /// gradient error on the trained models (paper Fig. 3c/4).
-    DepthSweep(DepthSweepArgs),
+    /// gradient error on a trained model copied to each depth (paper Fig. 3c/4). Boxed: its
+    /// flags make it the largest variant.
+    DepthSweep(Box<DepthSweepArgs>),
 }
 
 /// Flags every experiment takes.
