@@ -224,10 +224,11 @@ impl<F: Module + ModuleDisplay> Stack<F> {
         match run.saved {
             Saved::Graph => None,
             Saved::Adjoint(mut stats) => {
-                Some(self.adjoint(x_n, g, run.bn, &mut stats, None, grads))
+                let reuse = self.reversal_shares_first_stage();
+                Some(self.adjoint(x_n, g, run.bn, &mut stats, None, reuse, grads))
             }
             Saved::PerStep(mut stats, states) => {
-                Some(self.adjoint(x_n, g, run.bn, &mut stats, Some(&states), grads))
+                Some(self.adjoint(x_n, g, run.bn, &mut stats, Some(&states), false, grads))
             }
             Saved::Checkpoint(k, states) => Some(self.checkpointed(k, &states, g, run.bn, grads)),
         }
@@ -235,6 +236,14 @@ impl<F: Module + ModuleDisplay> Stack<F> {
 
     /// The discrete adjoint: reverse steps from x_N (or from each stored true output), one
     /// vector-Jacobian product per step at the reconstructed state.
+    ///
+    /// With `reuse`, the reversal of step n−1 takes its first stage from the vector-Jacobian
+    /// product of step n, which has just evaluated that function (see
+    /// [`Self::reversal_shares_first_stage`]) at x̃_n with the same statistics (see
+    /// `reversal_site`): the value is the same in every batch-norm mode, and not evaluating
+    /// what was already evaluated saves one function evaluation per step. Not for the
+    /// per-step variant, whose reversal starts from the true output instead.
+    #[allow(clippy::too_many_arguments)]
     fn adjoint<const D: usize>(
         &self,
         x_n: Tensor<D>,
@@ -242,19 +251,12 @@ impl<F: Module + ModuleDisplay> Stack<F> {
         bn: BnMode,
         stats: &mut SiteStats,
         exact: Option<&[Tensor<D>]>,
+        reuse: bool,
         grads: &mut GradientsParams,
     ) -> Tensor<D>
     where
         F: Residual<D>,
     {
-        // With tied weights the reversal of step n−1 starts by evaluating f at x̃_n, which the
-        // vector-Jacobian product of step n has just evaluated: reuse it (not evaluating what
-        // was already evaluated saves one function evaluation per step for Euler). Only when
-        // the evaluation does not depend on the pass (no batch statistics) and the state is
-        // the reconstructed one (not the per-step variant's true outputs).
-        let reuse = exact.is_none()
-            && self.is_tied()
-            && (bn == BnMode::Frozen || !self.functions[0].has_batch_norm());
         let mut first_stage = None;
         let mut x = x_n;
         for n in (0..self.steps()).rev() {
@@ -284,7 +286,6 @@ impl<F: Module + ModuleDisplay> Stack<F> {
     where
         F: Residual<D>,
     {
-        let stages = self.scheme.stages();
         let mut pass = Pass {
             bn,
             phase: Phase::Reconstruct,
@@ -296,9 +297,31 @@ impl<F: Module + ModuleDisplay> Stack<F> {
                 if let Some(k) = first_stage.take().filter(|_| stage == 0) {
                     return k;
                 }
-                let site = n * stages + self.scheme.mirror_stage(stage);
+                let site = self.reversal_site(n, stage, layer);
                 self.eval(layer, xi, &mut pass, site)
             })
+    }
+
+    /// Whether the first stage of every reversal evaluates the function that the first stage
+    /// of the following step evaluated (at the same state): always for Heun, whose reversal of
+    /// step n starts with f_{n+1} at x_{n+1}; for Euler only when the function is shared.
+    fn reversal_shares_first_stage(&self) -> bool {
+        self.is_tied() || self.scheme.reach() == 1
+    }
+
+    /// The forward evaluation (site) whose batch statistics reversal stage `stage` of step n,
+    /// evaluating function `layer`, normalises with. The mirrored forward stage in general;
+    /// but a first stage evaluates at x_{n+1} itself, and if step n+1's first forward stage
+    /// evaluated the same function there, its statistics are those of that very point (and the
+    /// vector-Jacobian product of step n+1 normalised with them too, so its value is reusable).
+    fn reversal_site(&self, n: usize, stage: usize, layer: usize) -> usize {
+        let stages = self.scheme.stages();
+        // Explicit RK tableaux have c_0 = 0: step n+1's first stage evaluates function n+1.
+        let same_function = self.is_tied() || layer == n + 1;
+        if stage == 0 && n + 1 < self.steps() && same_function {
+            return (n + 1) * stages;
+        }
+        n * stages + self.scheme.mirror_stage(stage)
     }
 
     /// Relative error ‖x̃_0 − x_0‖/‖x_0‖ of the reversal chained from x_N (a training forward in
@@ -471,5 +494,61 @@ impl<F: Module + ModuleDisplay> Stack<F> {
             params,
             input,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::device::{Placement, Precision};
+    use crate::family::Family;
+    use crate::metrics::gradient_error;
+    use crate::params::flat_grads;
+    use crate::residual::{ConvBlock, ConvBlockConfig};
+    use crate::rng::Rng;
+    use crate::scheme::Scheme;
+
+    /// Adjoint gradients of `mean(x_N²)` with or without reusing first stages.
+    fn adjoint_grads(
+        stack: &Stack<ConvBlock>,
+        x: &Tensor<4>,
+        bn: BnMode,
+        reuse: bool,
+    ) -> Vec<(String, Vec<f64>)> {
+        let run = stack.run(x.clone(), GradMode::Adjoint, bn);
+        let x_n = run.output.clone().without_autodiff();
+        let g = x_n.clone() * (2.0 / x_n.shape().num_elements() as f64);
+        let Saved::Adjoint(mut stats) = run.saved else {
+            panic!("an adjoint run saves statistics")
+        };
+        let mut grads = GradientsParams::new();
+        stack.adjoint(x_n, g, bn, &mut stats, None, reuse, &mut grads);
+        flat_grads(stack, &grads)
+    }
+
+    #[test]
+    fn reusing_first_stages_changes_nothing_in_any_bn_mode() {
+        let p = Placement::flex(Precision::F64);
+        let cfg = ConvBlockConfig {
+            channels: 2,
+            zero_init: false,
+        };
+        let mut rng = Rng::new(4);
+        let x = p.tensor(rng.normals(4 * 2 * 5 * 5), [4, 2, 5, 5]);
+        let untied = |scheme| {
+            let fs = Family::Smooth.functions(6, &mut Rng::new(1), |r| cfg.init(&p, r));
+            Stack::new(fs, scheme).unwrap()
+        };
+        let tied = Stack::tied(cfg.init(&p, &mut Rng::new(2)), 6, Scheme::Euler).unwrap();
+        for (name, stack) in [("heun", untied(Scheme::Heun)), ("tied euler", tied)] {
+            assert!(stack.reversal_shares_first_stage(), "{name}");
+            for bn in [BnMode::Cached, BnMode::Frozen, BnMode::Recompute] {
+                let full = adjoint_grads(&stack, &x, bn, false);
+                let reused = adjoint_grads(&stack, &x, bn, true);
+                let e = gradient_error(&full, &reused).relative_error;
+                assert!(e < 1e-12, "{name} {bn}: {e}");
+            }
+        }
+        assert!(!untied(Scheme::Euler).reversal_shares_first_stage());
     }
 }
