@@ -88,13 +88,15 @@ pub fn run(b: &Bench) -> anyhow::Result<()> {
         "workload", "scheme", "mode", "depth", "activ. MiB", "grads MiB", "params MiB", "step ms"
     );
     let mut records: Vec<BenchRecord> = Vec::new();
+    // Modes innermost: the gradient modes of one depth run back to back, under the same machine
+    // state, so their time ratio is not skewed by drift between distant runs.
     for &w in &workloads {
         for &scheme in &schemes {
-            for &mode in &modes {
-                for &depth in &depths {
-                    if matches!(w, Workload::Conv(_)) && depth > args.max_conv_depth {
-                        continue;
-                    }
+            for &depth in &depths {
+                if matches!(w, Workload::Conv(_)) && depth > args.max_conv_depth {
+                    continue;
+                }
+                for &mode in &modes {
                     let cfg = BenchConfig {
                         scheme,
                         mode,
