@@ -224,7 +224,7 @@ impl<F: Module + ModuleDisplay> Stack<F> {
         match run.saved {
             Saved::Graph => None,
             Saved::Adjoint(mut stats) => {
-                let reuse = self.reversal_shares_first_stage();
+                let reuse = self.reuses_first_stage::<D>(run.bn);
                 Some(self.adjoint(x_n, g, run.bn, &mut stats, None, reuse, grads))
             }
             Saved::PerStep(mut stats, states) => {
@@ -237,12 +237,11 @@ impl<F: Module + ModuleDisplay> Stack<F> {
     /// The discrete adjoint: reverse steps from x_N (or from each stored true output), one
     /// vector-Jacobian product per step at the reconstructed state.
     ///
-    /// With `reuse`, the reversal of step n−1 takes its first stage from the vector-Jacobian
-    /// product of step n, which has just evaluated that function (see
-    /// [`Self::reversal_shares_first_stage`]) at x̃_n with the same statistics (see
-    /// `reversal_site`): the value is the same in every batch-norm mode, and not evaluating
-    /// what was already evaluated saves one function evaluation per step. Not for the
-    /// per-step variant, whose reversal starts from the true output instead.
+    /// With `reuse` (see [`Self::reuses_first_stage`]), the reversal of step n−1 takes its
+    /// first stage from the vector-Jacobian product of step n, which has just evaluated the same
+    /// function at x̃_n to the same value: not evaluating what was already evaluated saves one
+    /// function evaluation per step. Not for the per-step variant, whose reversal starts from
+    /// the true output instead.
     #[allow(clippy::too_many_arguments)]
     fn adjoint<const D: usize>(
         &self,
@@ -286,6 +285,7 @@ impl<F: Module + ModuleDisplay> Stack<F> {
     where
         F: Residual<D>,
     {
+        let stages = self.scheme.stages();
         let mut pass = Pass {
             bn,
             phase: Phase::Reconstruct,
@@ -297,31 +297,27 @@ impl<F: Module + ModuleDisplay> Stack<F> {
                 if let Some(k) = first_stage.take().filter(|_| stage == 0) {
                     return k;
                 }
-                let site = self.reversal_site(n, stage, layer);
+                let site = n * stages + self.scheme.mirror_stage(stage);
                 self.eval(layer, xi, &mut pass, site)
             })
     }
 
-    /// Whether the first stage of every reversal evaluates the function that the first stage
-    /// of the following step evaluated (at the same state): always for Heun, whose reversal of
-    /// step n starts with f_{n+1} at x_{n+1}; for Euler only when the function is shared.
-    fn reversal_shares_first_stage(&self) -> bool {
-        self.is_tied() || self.scheme.reach() == 1
-    }
-
-    /// The forward evaluation (site) whose batch statistics reversal stage `stage` of step n,
-    /// evaluating function `layer`, normalises with. The mirrored forward stage in general;
-    /// but a first stage evaluates at x_{n+1} itself, and if step n+1's first forward stage
-    /// evaluated the same function there, its statistics are those of that very point (and the
-    /// vector-Jacobian product of step n+1 normalised with them too, so its value is reusable).
-    fn reversal_site(&self, n: usize, stage: usize, layer: usize) -> usize {
-        let stages = self.scheme.stages();
-        // Explicit RK tableaux have c_0 = 0: step n+1's first stage evaluates function n+1.
-        let same_function = self.is_tied() || layer == n + 1;
-        if stage == 0 && n + 1 < self.steps() && same_function {
-            return (n + 1) * stages;
-        }
-        n * stages + self.scheme.mirror_stage(stage)
+    /// Whether the reversal of step n−1 can take its first stage from the vector-Jacobian
+    /// product of step n. It evaluates f_n at x̃_n for Heun (whose reversal of step n starts with
+    /// f_{n+1} at x_{n+1}) and, for Euler, when the function is shared: the VJP's first stage
+    /// exactly. The values agree without batch statistics, with `frozen` (running statistics)
+    /// and with `recompute` (statistics of x̃_n in both). Not with `cached`: the reversal
+    /// normalises with the statistics of the forward stage it mirrors (step n−1's second stage
+    /// for Heun), which keeps Heun's reversal symmetric (third-order local error; the
+    /// statistics of step n's first stage would make it second order), while the VJP uses
+    /// step n's.
+    fn reuses_first_stage<const D: usize>(&self, bn: BnMode) -> bool
+    where
+        F: Residual<D>,
+    {
+        let same_function = self.is_tied() || self.scheme.reach() == 1;
+        let same_value = bn != BnMode::Cached || !self.functions[0].has_batch_norm();
+        same_function && same_value
     }
 
     /// Relative error ‖x̃_0 − x_0‖/‖x_0‖ of the reversal chained from x_N (a training forward in
@@ -527,7 +523,7 @@ mod tests {
     }
 
     #[test]
-    fn reusing_first_stages_changes_nothing_in_any_bn_mode() {
+    fn reusing_first_stages_changes_nothing() {
         let p = Placement::flex(Precision::F64);
         let cfg = ConvBlockConfig {
             channels: 2,
@@ -541,14 +537,22 @@ mod tests {
         };
         let tied = Stack::tied(cfg.init(&p, &mut Rng::new(2)), 6, Scheme::Euler).unwrap();
         for (name, stack) in [("heun", untied(Scheme::Heun)), ("tied euler", tied)] {
-            assert!(stack.reversal_shares_first_stage(), "{name}");
-            for bn in [BnMode::Cached, BnMode::Frozen, BnMode::Recompute] {
+            assert!(!stack.reuses_first_stage::<4>(BnMode::Cached), "{name}");
+            for bn in [BnMode::Frozen, BnMode::Recompute] {
+                assert!(stack.reuses_first_stage::<4>(bn), "{name} {bn}");
                 let full = adjoint_grads(&stack, &x, bn, false);
                 let reused = adjoint_grads(&stack, &x, bn, true);
                 let e = gradient_error(&full, &reused).relative_error;
                 assert!(e < 1e-12, "{name} {bn}: {e}");
             }
+            // Under `cached` the two evaluations normalise with different statistics.
+            let full = adjoint_grads(&stack, &x, BnMode::Cached, false);
+            let reused = adjoint_grads(&stack, &x, BnMode::Cached, true);
+            assert!(
+                gradient_error(&full, &reused).relative_error > 1e-9,
+                "{name}"
+            );
         }
-        assert!(!untied(Scheme::Euler).reversal_shares_first_stage());
+        assert!(!untied(Scheme::Euler).reuses_first_stage::<4>(BnMode::Frozen));
     }
 }

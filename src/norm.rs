@@ -235,9 +235,7 @@ impl BatchNorm {
             .update(rv * (1.0 - m) + plain(var) * (m * unbias));
     }
 
-    /// Value normalised with the cached statistics; derivative of batch normalisation at `x`:
-    /// the fused training op plus a constant correction (its fused backward is far cheaper than
-    /// differentiating a composition of tensor operations).
+    /// Value normalised with the cached statistics; derivative of batch normalisation at `x`.
     fn straight_through<const D: usize>(
         &self,
         x: Tensor<D>,
@@ -245,17 +243,19 @@ impl BatchNorm {
         b: Tensor<1>,
         s: BnStats,
     ) -> Tensor<D> {
-        let plain = |t: Tensor<1>| t.without_autodiff();
-        let cached = batch_norm(
-            x.clone().without_autodiff(),
-            plain(g.clone()),
-            plain(b.clone()),
-            plain(s.mean),
-            plain(s.var),
-            self.epsilon,
-        );
-        let train = batch_norm_train(x, g, b, self.epsilon).output;
-        let correction = like(cached - train.clone().without_autodiff(), &train);
-        train + correction
+        let dims: Vec<usize> = (0..D).filter(|&d| d != 1).collect();
+        let c = x.dims()[1];
+        let mut shape = [1usize; D];
+        shape[1] = c;
+        let mean = x.clone().mean_dims(&dims);
+        let centered = x - mean.clone();
+        let var = centered.clone().square().mean_dims(&dims);
+        let mean_c = like(s.mean, &centered).reshape(shape);
+        let var_c = like(s.var, &centered).reshape(shape);
+        // x − μ̂ with μ̂ = μ_cached + (μ − sg(μ)): value uses μ_cached, derivative uses μ.
+        let centered = centered + mean.clone().detach() - mean_c;
+        let var = var.clone() - var.detach() + var_c;
+        let xn = centered / (var + self.epsilon).sqrt();
+        xn * g.reshape(shape) + b.reshape(shape)
     }
 }

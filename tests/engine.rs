@@ -491,3 +491,24 @@ fn piecewise_copy_repeats_each_function_and_is_independent() {
         assert_eq!(to_vec(&copy.b1.val()), to_vec(&orig.b1.val()));
     }
 }
+
+#[test]
+fn cached_bn_reversal_keeps_heuns_third_order() {
+    // Heun's reversal cancels its leading local error only if each evaluation normalises with
+    // the statistics of the forward stage it mirrors: the reconstruction error then falls like
+    // N^-3 with smooth weights (N^-2 with any other choice of statistics).
+    let p = f64p();
+    let cfg = ConvBlockConfig {
+        channels: 3,
+        zero_init: false,
+    };
+    let x = input(&p, [6, 3, 4, 4], 9);
+    let err = |n: usize| {
+        let fs = Family::Smooth.functions(n, &mut Rng::new(4), |r| cfg.init(&p, r));
+        let s = Stack::new(fs, Scheme::Heun).unwrap();
+        s.reconstruction_error(x.clone(), BnMode::Cached)
+    };
+    let (coarse, fine) = (err(16), err(64));
+    let slope = (fine / coarse).ln() / 4f64.ln();
+    assert!(slope < -2.5, "reconstruction error slope {slope} ({coarse:e} → {fine:e})");
+}
