@@ -510,5 +510,8 @@ fn cached_bn_reversal_keeps_heuns_third_order() {
     };
     let (coarse, fine) = (err(16), err(64));
     let slope = (fine / coarse).ln() / 4f64.ln();
-    assert!(slope < -2.5, "reconstruction error slope {slope} ({coarse:e} → {fine:e})");
+    assert!(
+        slope < -2.5,
+        "reconstruction error slope {slope} ({coarse:e} → {fine:e})"
+    );
 }
