@@ -103,11 +103,8 @@ impl<F: Module + ModuleDisplay> Stack<F> {
     /// N independent copies of a tied function: same output before training, separate
     /// parameters (and running statistics) after.
     pub fn untie(&self) -> Self {
-        let functions = (0..self.depth)
-            .map(|l| independent_copy(self.function(l)))
-            .collect();
         Self {
-            functions,
+            functions: self.copies(self.depth),
             depth: self.depth,
             scheme: self.scheme,
         }
@@ -120,10 +117,16 @@ impl<F: Module + ModuleDisplay> Stack<F> {
         if self.is_tied() {
             return Self::tied(independent_copy(&self.functions[0]), depth, self.scheme);
         }
-        let functions = (0..depth)
-            .map(|i| independent_copy(self.function(i * self.functions.len() / depth)))
-            .collect();
-        Self::new(functions, self.scheme)
+        Self::new(self.copies(depth), self.scheme)
+    }
+
+    /// `depth` independent functions, function i a copy of distinct function ⌊i·F/depth⌋ (F
+    /// distinct functions; all copies of the shared one when tied).
+    fn copies(&self, depth: usize) -> Vec<F> {
+        let distinct = self.functions.len();
+        (0..depth)
+            .map(|i| independent_copy(&self.functions[i * distinct / depth]))
+            .collect()
     }
 
     /// Integrate steps `from..to` starting at `x`, calling `keep(n, &x_n)` on every state

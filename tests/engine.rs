@@ -37,14 +37,20 @@ fn mlp_stack(p: &Placement, depth: usize, family: Family, scheme: Scheme, seed: 
     Stack::new(fs, scheme).unwrap()
 }
 
-fn conv_stack(p: &Placement, depth: usize, scheme: Scheme, seed: u64) -> Stack<ConvBlock> {
+fn conv_stack(
+    p: &Placement,
+    depth: usize,
+    family: Family,
+    scheme: Scheme,
+    seed: u64,
+) -> Stack<ConvBlock> {
     // zero_init off: the blocks must not be identically zero for a meaningful check.
     let cfg = ConvBlockConfig {
         channels: 3,
         zero_init: false,
     };
     let mut rng = Rng::new(seed);
-    let fs = Family::Iid.functions(depth, &mut rng, |r| cfg.init(p, r));
+    let fs = family.functions(depth, &mut rng, |r| cfg.init(p, r));
     Stack::new(fs, scheme).unwrap()
 }
 
@@ -124,7 +130,7 @@ fn backprop_matches_finite_differences_for_every_residual_kind() {
         BnMode::Cached,
     );
     check_fd(
-        &conv_stack(&p, 2, Scheme::Euler, 5),
+        &conv_stack(&p, 2, Family::Iid, Scheme::Euler, 5),
         input(&p, [4, 3, 5, 5], 6),
         BnMode::Recompute,
     );
@@ -177,7 +183,7 @@ fn checkpoint_gradients_equal_backprop() {
         }
         for bn in [BnMode::Cached, BnMode::Frozen, BnMode::Recompute] {
             assert_same_grads(
-                &conv_stack(&p, 5, Scheme::Heun, 3),
+                &conv_stack(&p, 5, Family::Iid, Scheme::Heun, 3),
                 input(&p, [4, 3, 5, 5], 4),
                 mode,
                 bn,
@@ -402,7 +408,7 @@ fn every_bn_mode_updates_running_statistics_once_per_step() {
     };
     for bn in [BnMode::Cached, BnMode::Frozen, BnMode::Recompute] {
         // Reference: one ordinary forward.
-        let reference = conv_stack(&p, 4, Scheme::Heun, 21);
+        let reference = conv_stack(&p, 4, Family::Iid, Scheme::Heun, 21);
         let before = running(&reference);
         let _ = reference.forward(x.clone(), bn);
         let expected = running(&reference);
@@ -417,7 +423,7 @@ fn every_bn_mode_updates_running_statistics_once_per_step() {
             GradMode::AdjointPerStep,
             GradMode::Checkpoint(2),
         ] {
-            let s = conv_stack(&p, 4, Scheme::Heun, 21);
+            let s = conv_stack(&p, 4, Family::Iid, Scheme::Heun, 21);
             let _ = s.loss_grads(x.clone(), mode, bn, mean_sq);
             let got = running(&s);
             let d = got
@@ -433,20 +439,11 @@ fn every_bn_mode_updates_running_statistics_once_per_step() {
 #[test]
 fn cached_bn_adjoint_error_vanishes_with_depth() {
     let p = f64p();
-    let cfg = ConvBlockConfig {
-        channels: 3,
-        zero_init: false,
-    };
     let x = input(&p, [6, 3, 4, 4], 9);
     let errs: Vec<f64> = [8usize, 32]
         .iter()
         .map(|&n| {
-            let mut rng = Rng::new(4);
-            let s = Stack::new(
-                Family::Smooth.functions(n, &mut rng, |r| cfg.init(&p, r)),
-                Scheme::Euler,
-            )
-            .unwrap();
+            let s = conv_stack(&p, n, Family::Smooth, Scheme::Euler, 4);
             let b = flat_grads(
                 &s,
                 &s.loss_grads(x.clone(), GradMode::Backprop, BnMode::Cached, mean_sq)
@@ -498,14 +495,9 @@ fn cached_bn_reversal_keeps_heuns_third_order() {
     // the statistics of the forward stage it mirrors: the reconstruction error then falls like
     // N^-3 with smooth weights (N^-2 with any other choice of statistics).
     let p = f64p();
-    let cfg = ConvBlockConfig {
-        channels: 3,
-        zero_init: false,
-    };
     let x = input(&p, [6, 3, 4, 4], 9);
     let err = |n: usize| {
-        let fs = Family::Smooth.functions(n, &mut Rng::new(4), |r| cfg.init(&p, r));
-        let s = Stack::new(fs, Scheme::Heun).unwrap();
+        let s = conv_stack(&p, n, Family::Smooth, Scheme::Heun, 4);
         s.reconstruction_error(x.clone(), BnMode::Cached)
     };
     let (coarse, fine) = (err(16), err(64));

@@ -200,12 +200,12 @@ impl Config {
                 "the depth sweep trains TinyResNet",
             ));
         }
-        if !self.depths.contains(&self.base_depth()) {
+        let base = self.base_depth();
+        if !self.depths.contains(&base) {
             return Err(Error::invalid(
                 "--grad-base-depth",
                 format!(
-                    "{}: must be one of the swept --depths {:?}",
-                    self.base_depth(),
+                    "{base}: must be one of the swept --depths {:?}",
                     self.depths
                 ),
             ));

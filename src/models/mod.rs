@@ -26,6 +26,7 @@ use crate::{Error, Result};
 use burn::module::Module;
 use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
+use std::convert::Infallible;
 use std::str::FromStr;
 
 /// The paper's TinyResNet depth when none is given.
@@ -233,40 +234,57 @@ impl Model {
     /// An independent copy where every stack's shared function becomes N independent copies:
     /// the same outputs before training, separate parameters after (paper.md §3.5).
     pub fn untie(&self) -> Model {
-        match self {
-            Model::Tiny(m) => Model::Tiny(TinyResNet {
-                stem: independent_copy(&m.stem),
-                stack: m.stack.untie(),
-                head: independent_copy(&m.head),
-                pool: m.pool,
-            }),
-            Model::Cifar(m) => Model::Cifar(CifarResNet {
-                stem: independent_copy(&m.stem),
-                stages: m.stages.iter().map(untie_stage).collect(),
-                head: independent_copy(&m.head),
-            }),
-        }
+        let Ok(model) = self.copy_with_stacks(|s| Ok::<_, Infallible>(s.untie()));
+        model
     }
 
     /// An independent copy with `depth` functions per stack, function i copying function
     /// ⌊i·N/depth⌋ (see [`Stack::piecewise_copy`]); stem, head and other layers are copied.
     pub fn piecewise_copy(&self, depth: usize) -> Result<Model> {
+        if self.stacks().is_empty() {
+            return Err(Error::invalid(
+                "--model",
+                "the original (unscaled) CIFAR ResNet has no depth-scaled stack to copy",
+            ));
+        }
+        self.copy_with_stacks(|s| s.piecewise_copy(depth))
+    }
+
+    /// An independent copy of every layer, each depth-scaled stack replaced by `copy(stack)`.
+    fn copy_with_stacks<E>(
+        &self,
+        copy: impl Fn(&Stack<ConvBlock>) -> std::result::Result<Stack<ConvBlock>, E>,
+    ) -> std::result::Result<Model, E> {
         Ok(match self {
             Model::Tiny(m) => Model::Tiny(TinyResNet {
                 stem: independent_copy(&m.stem),
-                stack: m.stack.piecewise_copy(depth)?,
+                stack: copy(&m.stack)?,
                 head: independent_copy(&m.head),
                 pool: m.pool,
             }),
-            Model::Cifar(m) => Model::Cifar(CifarResNet {
-                stem: independent_copy(&m.stem),
-                stages: m
-                    .stages
-                    .iter()
-                    .map(|s| piecewise_stage(s, depth))
-                    .collect::<Result<_>>()?,
-                head: independent_copy(&m.head),
-            }),
+            Model::Cifar(m) => {
+                let stage = |s: &Stage| -> std::result::Result<Stage, E> {
+                    let rest = match &s.rest {
+                        Rest::Scaled(stack) => Rest::Scaled(copy(stack)?),
+                        Rest::Original(blocks) => {
+                            Rest::Original(blocks.iter().map(independent_copy).collect())
+                        }
+                    };
+                    Ok(Stage {
+                        first: independent_copy(&s.first),
+                        rest,
+                    })
+                };
+                Model::Cifar(CifarResNet {
+                    stem: independent_copy(&m.stem),
+                    stages: m
+                        .stages
+                        .iter()
+                        .map(stage)
+                        .collect::<std::result::Result<_, E>>()?,
+                    head: independent_copy(&m.head),
+                })
+            }
         })
     }
 
@@ -298,32 +316,6 @@ impl Model {
                 Ok(Model::Cifar(CifarResNet { stages, ..m }))
             }
         }
-    }
-}
-
-fn piecewise_stage(s: &Stage, depth: usize) -> Result<Stage> {
-    let rest = match &s.rest {
-        Rest::Scaled(stack) => Rest::Scaled(stack.piecewise_copy(depth)?),
-        Rest::Original(_) => {
-            return Err(Error::invalid(
-                "--model",
-                "the original (unscaled) CIFAR ResNet has no depth-scaled stack to copy",
-            ))
-        }
-    };
-    Ok(Stage {
-        first: independent_copy(&s.first),
-        rest,
-    })
-}
-
-fn untie_stage(s: &Stage) -> Stage {
-    Stage {
-        first: independent_copy(&s.first),
-        rest: match &s.rest {
-            Rest::Scaled(stack) => Rest::Scaled(stack.untie()),
-            Rest::Original(blocks) => Rest::Original(blocks.iter().map(independent_copy).collect()),
-        },
     }
 }
 
