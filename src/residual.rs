@@ -16,7 +16,7 @@ use burn::tensor::ops::ConvOptions;
 use burn::tensor::Tensor;
 
 /// A residual function acting on states of rank `D` (2 for vectors, 4 for images).
-pub trait Residual<const D: usize>: Module + Sized {
+pub trait Residual<const D: usize>: Module + Sized + Sync {
     /// f(x): the residual before the 1/N depth scaling. Batch norms take their statistics as
     /// `norm` says (see [`crate::norm`]).
     fn forward(&self, x: Tensor<D>, norm: &mut Norm) -> Tensor<D>;
