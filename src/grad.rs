@@ -18,7 +18,7 @@
 //! [`push_to_input`] pushes it into the layers before (the stem).
 
 use crate::norm::{like, BnMode, Phase};
-use crate::params::accumulate;
+use crate::params::{accumulate, leaf_view};
 use crate::residual::Residual;
 use crate::stack::{Pass, SiteStats, Stack};
 use crate::{Error, Result};
@@ -107,6 +107,21 @@ impl<const D: usize> StackRun<D> {
             return None;
         }
         self.output.grad(grads)
+    }
+}
+
+/// One step's stages evaluated with a graph from a leaf at the reconstructed input, through
+/// leaf views of the functions involved (indices into the stack's functions).
+struct StageGraph<F, const D: usize> {
+    leaf: Tensor<D>,
+    ks: Vec<Tensor<D>>,
+    views: Vec<(usize, F)>,
+}
+
+impl<F, const D: usize> StageGraph<F, D> {
+    /// The value of the first stage, without its graph.
+    fn first_stage(&self) -> Option<Tensor<D>> {
+        self.ks.first().map(|k| k.clone().without_autodiff())
     }
 }
 
@@ -223,89 +238,65 @@ impl<F: Module + ModuleDisplay> Stack<F> {
         let x_n = run.output.without_autodiff();
         match run.saved {
             Saved::Graph => None,
-            Saved::Adjoint(mut stats) => Some(if self.reuses_first_stage::<D>(run.bn) {
-                self.adjoint_chained(x_n, g, run.bn, &mut stats, true, grads)
-            } else {
-                self.adjoint_pipelined(x_n, g, run.bn, &mut stats, None, grads)
-            }),
+            Saved::Adjoint(mut stats) => {
+                let reuse = self.reuses_first_stage::<D>(run.bn);
+                Some(self.adjoint(x_n, g, run.bn, &mut stats, None, reuse, grads))
+            }
             Saved::PerStep(mut stats, states) => {
-                Some(self.adjoint_pipelined(x_n, g, run.bn, &mut stats, Some(&states), grads))
+                Some(self.adjoint(x_n, g, run.bn, &mut stats, Some(&states), false, grads))
             }
             Saved::Checkpoint(k, states) => Some(self.checkpointed(k, &states, g, run.bn, grads)),
         }
     }
 
-    /// The discrete adjoint on one thread: reverse steps from x_N, one vector-Jacobian product
-    /// per step at the reconstructed state.
+    /// The discrete adjoint: reverse steps from x_N (or, per step, from each stored true
+    /// output), one vector-Jacobian product per step at the reconstructed state.
     ///
-    /// With `reuse` (see [`Self::reuses_first_stage`]), the reversal of step n−1 takes its
-    /// first stage from the vector-Jacobian product of step n, which has just evaluated the same
-    /// function at x̃_n to the same value: not evaluating what was already evaluated saves one
-    /// function evaluation per step, at the price of tying the reversal to the VJPs.
-    fn adjoint_chained<const D: usize>(
-        &self,
-        x_n: Tensor<D>,
-        mut g: Tensor<D>,
-        bn: BnMode,
-        stats: &mut SiteStats,
-        reuse: bool,
-        grads: &mut GradientsParams,
-    ) -> Tensor<D>
-    where
-        F: Residual<D>,
-    {
-        let mut first_stage = None;
-        let mut x = x_n;
-        for n in (0..self.steps()).rev() {
-            let x_prev = self.reverse_step(n, x, bn, stats, first_stage.take());
-            let (g_prev, k0) = self.vjp_step(n, x_prev.clone(), g, bn, stats, grads);
-            g = g_prev;
-            first_stage = k0.filter(|_| reuse);
-            x = x_prev;
-        }
-        g
-    }
-
-    /// The discrete adjoint with the reversal on a second thread, one state ahead of the
-    /// vector-Jacobian products. The reversal does not depend on the gradient, so it runs
-    /// concurrently with the VJPs: on the CPU backends a step's small kernels leave a core idle
-    /// much of the time (`bench speed`: conv16 adjoint/backprop 1.64 → 1.4, see the README).
-    /// Same operations on the same inputs as [`Self::adjoint_chained`] without reuse, hence the
-    /// same numbers (tested); two or three states more in flight, still O(1) in depth.
+    /// Two threads share the work. Neither the reversal nor the graph of a step's stages depends
+    /// on the gradient, so a second thread runs them one step ahead (x̃_n, then f_n at x̃_n with
+    /// a graph) while this thread backpropagates the previous step: only the backward passes
+    /// stay on the critical path. On the CPU backends a step's small kernels leave a core idle
+    /// much of the time, and this is where the adjoint's extra evaluations go (see the README's
+    /// `bench speed` table). Memory stays O(1) in depth: at most two steps' graphs are alive.
     ///
-    /// `exact` (the per-step variant): each step is reversed from its true stored output
-    /// instead of from the previous reconstruction.
-    fn adjoint_pipelined<const D: usize>(
+    /// With `reuse` (see [`Self::reuses_first_stage`]), the reversal of step n−1 takes its first
+    /// stage from the graph of step n, which has just evaluated the same function at x̃_n to the
+    /// same value: not evaluating what was already evaluated saves one evaluation per step.
+    #[allow(clippy::too_many_arguments)]
+    fn adjoint<const D: usize>(
         &self,
         x_n: Tensor<D>,
         mut g: Tensor<D>,
         bn: BnMode,
         stats: &mut SiteStats,
         exact: Option<&[Tensor<D>]>,
+        reuse: bool,
         grads: &mut GradientsParams,
     ) -> Tensor<D>
     where
         F: Residual<D>,
     {
         let steps = self.steps();
-        let mut reversal_stats = stats.clone();
         std::thread::scope(|scope| {
-            let (tx, rx) = std::sync::mpsc::sync_channel(1);
+            let (tx, rx) = std::sync::mpsc::sync_channel(0);
             scope.spawn(move || {
                 let mut x = x_n;
+                let mut first_stage = None;
                 for n in (0..steps).rev() {
                     if let Some(states) = exact {
                         x = states[n + 1].clone();
                     }
-                    x = self.reverse_step(n, x, bn, &mut reversal_stats, None);
-                    if tx.send(x.clone()).is_err() {
+                    x = self.reverse_step(n, x, bn, stats, first_stage.take());
+                    let graph = self.stage_graph(n, x.clone(), bn, stats);
+                    first_stage = graph.first_stage().filter(|_| reuse);
+                    if tx.send(graph).is_err() {
                         return;
                     }
                 }
             });
-            for n in (0..steps).rev() {
-                let Ok(x_prev) = rx.recv() else { break };
-                g = self.vjp_step(n, x_prev, g, bn, stats, grads).0;
+            for _ in 0..steps {
+                let Ok(graph) = rx.recv() else { break };
+                g = self.pull_stages(graph, g, grads);
             }
             g
         })
@@ -379,51 +370,74 @@ impl<F: Module + ModuleDisplay> Stack<F> {
         norm(x - x0.clone()) / norm(x0)
     }
 
-    /// Backpropagate `g` through step n recomputed from `x`; returns the gradient at `x` and
-    /// the value of the first stage (f_n at `x`). As x_{n+1} = x_n + h Σ b_i k_i, the
-    /// vector-Jacobian product is g plus the gradient of Σ_i ⟨k_i, h b_i g⟩: only the stages go
-    /// on the graph, not the step's sums.
-    fn vjp_step<const D: usize>(
+    /// The stages of step n recomputed with a graph from a leaf at `x`, ready for
+    /// [`Self::pull_stages`]. The functions enter through leaf views
+    /// ([`crate::params::leaf_view`]), so this graph shares no node with the previous step's.
+    fn stage_graph<const D: usize>(
         &self,
         n: usize,
         x: Tensor<D>,
-        g: Tensor<D>,
         bn: BnMode,
         stats: &mut SiteStats,
-        grads: &mut GradientsParams,
-    ) -> (Tensor<D>, Option<Tensor<D>>)
+    ) -> StageGraph<F, D>
     where
         F: Residual<D>,
     {
         let leaf = x.autodiff().require_grad();
+        let mut views: Vec<(usize, F)> = Vec::new();
+        for l in n..(n + 1 + self.scheme.reach()).min(self.depth) {
+            let i = self.function_index(l);
+            if views.iter().all(|(j, _)| *j != i) {
+                views.push((i, leaf_view(&self.functions[i])));
+            }
+        }
         let mut pass = Pass {
             bn,
             phase: Phase::Vjp,
             stats: Some(stats),
             plain: false,
         };
-        let h = self.h();
         let stages = self.scheme.stages();
         let ks = self
             .scheme
-            .stage_values(n, h, leaf.clone(), |stage, layer, xi| {
-                self.eval(layer, xi, &mut pass, n * stages + stage)
+            .stage_values(n, self.h(), leaf.clone(), |stage, layer, xi| {
+                let i = self.function_index(layer);
+                let f = views.iter().find(|(j, _)| *j == i).map(|(_, f)| f);
+                let f = f.unwrap_or_else(|| self.function(layer));
+                Self::eval_with(f, xi, &mut pass, n * stages + stage)
             });
-        let first_stage = ks.first().map(|k| k.clone().without_autodiff());
+        StageGraph { leaf, ks, views }
+    }
+
+    /// Backpropagate `g` through step n, whose stages are on `graph`: returns the gradient at
+    /// the step's input. As x_{n+1} = x_n + h Σ b_i k_i, the vector-Jacobian product is g plus
+    /// the gradient of Σ_i ⟨k_i, h b_i g⟩: only the stages go on the graph, not the step's sums.
+    fn pull_stages<const D: usize>(
+        &self,
+        graph: StageGraph<F, D>,
+        g: Tensor<D>,
+        grads: &mut GradientsParams,
+    ) -> Tensor<D>
+    where
+        F: Residual<D>,
+    {
+        let StageGraph { leaf, ks, views } = graph;
+        let h = self.h();
         let weights = self.scheme.tableau().b;
         let s = ks
             .into_iter()
             .zip(weights)
             .map(|(k, b)| dot(k, like(g.clone() * (h * b), &leaf)))
             .reduce(|a, b| a + b);
-        let Some(s) = s else { return (g, first_stage) };
+        let Some(s) = s else { return g };
         let mut back = s.backward();
-        self.collect(&mut back, n..n + 1 + self.scheme.reach(), grads);
-        let g_prev = match leaf.grad_remove(&mut back) {
+        for (_, f) in &views {
+            accumulate(grads, &mut back, f);
+        }
+        match leaf.grad_remove(&mut back) {
             Some(gx) => g + gx.without_autodiff(),
             None => g,
-        };
-        (g_prev, first_stage)
+        }
     }
 
     /// Exact gradients by recomputing each checkpointed segment with a graph.
@@ -544,19 +558,13 @@ mod tests {
     use crate::rng::Rng;
     use crate::scheme::Scheme;
 
-    /// How a test runs the adjoint's backward.
-    #[derive(Clone, Copy)]
-    enum Schedule {
-        Chained { reuse: bool },
-        Pipelined,
-    }
-
-    /// Adjoint gradients of `mean(x_N²)` (parameters, then dL/dx_0) run as `schedule` says.
+    /// Adjoint gradients of `mean(x_N²)` (parameters, then dL/dx_0), with or without reusing
+    /// first stages.
     fn adjoint_grads(
         stack: &Stack<ConvBlock>,
         x: &Tensor<4>,
         bn: BnMode,
-        schedule: Schedule,
+        reuse: bool,
     ) -> Vec<(String, Vec<f64>)> {
         let run = stack.run(x.clone(), GradMode::Adjoint, bn);
         let x_n = run.output.clone().without_autodiff();
@@ -565,14 +573,7 @@ mod tests {
             panic!("an adjoint run saves statistics")
         };
         let mut grads = GradientsParams::new();
-        let g0 = match schedule {
-            Schedule::Chained { reuse } => {
-                stack.adjoint_chained(x_n, g, bn, &mut stats, reuse, &mut grads)
-            }
-            Schedule::Pipelined => {
-                stack.adjoint_pipelined(x_n, g, bn, &mut stats, None, &mut grads)
-            }
-        };
+        let g0 = stack.adjoint(x_n, g, bn, &mut stats, None, reuse, &mut grads);
         let mut flat = flat_grads(stack, &grads);
         flat.push(("input".into(), crate::device::to_vec(&g0)));
         flat
@@ -587,23 +588,31 @@ mod tests {
         Stack::new(fs, scheme).unwrap()
     }
 
+    /// The reversal and the stage graphs run on a second thread, the backward passes here:
+    /// repeated runs give the same numbers bit for bit, for untied, Heun (consecutive steps share
+    /// a function) and tied stacks (every step shares it).
     #[test]
-    fn pipelined_reversal_gives_the_chained_numbers() {
+    fn threaded_adjoint_is_deterministic() {
         let p = Placement::flex(Precision::F64);
         let x = p.tensor(Rng::new(4).normals(4 * 2 * 5 * 5), [4, 2, 5, 5]);
-        for scheme in [Scheme::Euler, Scheme::Heun] {
-            for bn in [BnMode::Cached, BnMode::Frozen, BnMode::Recompute] {
-                let chained = adjoint_grads(
-                    &conv_stack(&p, scheme),
-                    &x,
-                    bn,
-                    Schedule::Chained { reuse: false },
-                );
-                let piped = adjoint_grads(&conv_stack(&p, scheme), &x, bn, Schedule::Pipelined);
-                assert_eq!(chained.len(), piped.len());
-                for ((name, a), (_, b)) in chained.iter().zip(&piped) {
-                    assert!(a.iter().any(|v| *v != 0.0), "{scheme} {bn} {name}: zero");
-                    assert_eq!(a, b, "{scheme} {bn} {name}");
+        let cfg = ConvBlockConfig {
+            channels: 2,
+            zero_init: false,
+        };
+        let tied = || Stack::tied(cfg.init(&p, &mut Rng::new(2)), 6, Scheme::Heun).unwrap();
+        for bn in [BnMode::Cached, BnMode::Frozen] {
+            for (name, make) in [
+                (
+                    "euler",
+                    &(|| conv_stack(&p, Scheme::Euler)) as &dyn Fn() -> Stack<ConvBlock>,
+                ),
+                ("heun", &|| conv_stack(&p, Scheme::Heun)),
+                ("tied heun", &tied),
+            ] {
+                let reuse = make().reuses_first_stage::<4>(bn);
+                let first = adjoint_grads(&make(), &x, bn, reuse);
+                for _ in 0..3 {
+                    assert_eq!(first, adjoint_grads(&make(), &x, bn, reuse), "{name} {bn}");
                 }
             }
         }
@@ -618,8 +627,7 @@ mod tests {
         };
         let x = p.tensor(Rng::new(4).normals(4 * 2 * 5 * 5), [4, 2, 5, 5]);
         let tied = Stack::tied(cfg.init(&p, &mut Rng::new(2)), 6, Scheme::Euler).unwrap();
-        let full = Schedule::Chained { reuse: false };
-        let reused = Schedule::Chained { reuse: true };
+        let (full, reused) = (false, true);
         for (name, stack) in [("heun", conv_stack(&p, Scheme::Heun)), ("tied euler", tied)] {
             assert!(!stack.reuses_first_stage::<4>(BnMode::Cached), "{name}");
             for bn in [BnMode::Frozen, BnMode::Recompute] {

@@ -235,6 +235,27 @@ pub fn plain_view<M: Module>(module: &M) -> M {
     module.clone().map(&mut Plain)
 }
 
+struct Leaves;
+
+impl ModuleMapper for Leaves {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let id = param.id;
+        let trainable = trainable(&param);
+        let leaf = param.val().without_autodiff().autodiff();
+        Param::initialized(id, if trainable { leaf.require_grad() } else { leaf })
+    }
+}
+
+/// A view of `module` whose trainable parameters are fresh autodiff leaves (same parameter ids,
+/// same values, no link to the module's own graph nodes), sharing its running statistics.
+/// Graphs built on different views share no node, so burn keeps them apart: one thread can
+/// build a step's graph while another runs the backward of the previous one, even when the
+/// two steps use the same function (tied weights, Heun). Gradients are read back by
+/// parameter id ([`accumulate`] on the view).
+pub fn leaf_view<M: Module>(module: &M) -> M {
+    module.clone().map(&mut Leaves)
+}
+
 struct Perturb {
     target: usize,
     entry: usize,

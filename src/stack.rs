@@ -81,7 +81,16 @@ impl<F: Module + ModuleDisplay> Stack<F> {
 
     /// The function of layer `l` (the shared one when tied).
     pub fn function(&self, l: usize) -> &F {
-        &self.functions[if self.functions.len() == 1 { 0 } else { l }]
+        &self.functions[self.function_index(l)]
+    }
+
+    /// Which of `functions` step function `l` is (0 for a tied stack).
+    pub fn function_index(&self, l: usize) -> usize {
+        if self.functions.len() == 1 {
+            0
+        } else {
+            l
+        }
     }
 
     /// Step size 1/N.
@@ -165,14 +174,27 @@ impl<F: Module + ModuleDisplay> Stack<F> {
     where
         F: Residual<D>,
     {
-        let store = pass.stats.as_deref_mut().and_then(|s| s.get_mut(site));
-        let mut norm = Norm::new(pass.bn, pass.phase, store);
         let f = self.function(layer);
         if pass.plain {
-            plain_view(f).forward(x, &mut norm)
+            Self::eval_with(&plain_view(f), x, pass, site)
         } else {
-            f.forward(x, &mut norm)
+            Self::eval_with(f, x, pass, site)
         }
+    }
+
+    /// Evaluate `f` (one of this stack's functions or a view of it) at `x` for evaluation site
+    /// `site` of `pass`.
+    pub(crate) fn eval_with<const D: usize>(
+        f: &F,
+        x: Tensor<D>,
+        pass: &mut Pass,
+        site: usize,
+    ) -> Tensor<D>
+    where
+        F: Residual<D>,
+    {
+        let store = pass.stats.as_deref_mut().and_then(|s| s.get_mut(site));
+        f.forward(x, &mut Norm::new(pass.bn, pass.phase, store))
     }
 
     /// Empty statistics store for one forward pass.

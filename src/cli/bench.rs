@@ -41,7 +41,9 @@ pub struct BenchArgs {
     /// Deepest conv stack to run (conv steps are ~100× an MLP step).
     #[arg(long, default_value_t = 512)]
     max_conv_depth: usize,
-    /// Timed repetitions per configuration (after one warm-up). Default: 1 (memory), 5 (speed).
+    /// Timed repetitions per configuration (after one warm-up). Default: 3 (memory: the peak is
+    /// the largest over them, since the adjoint's two threads make it depend on their timing),
+    /// 5 (speed).
     #[arg(long)]
     reps: Option<usize>,
     #[arg(long, default_value_t = 0)]
@@ -55,7 +57,7 @@ pub struct BenchArgs {
 
 pub fn run(b: &Bench) -> anyhow::Result<()> {
     let (args, default_depths, default_reps) = match b {
-        Bench::Memory(a) => (a, vec![8, 64, 512, 4096], 1),
+        Bench::Memory(a) => (a, vec![8, 64, 512, 4096], 3),
         Bench::Speed(a) => (a, vec![8, 64, 512], 5),
         Bench::Train(a) => return train(a),
     };
