@@ -41,9 +41,9 @@ pub struct BenchArgs {
     /// Deepest conv stack to run (conv steps are ~100× an MLP step).
     #[arg(long, default_value_t = 512)]
     max_conv_depth: usize,
-    /// Timed repetitions per configuration (after one warm-up). Default: 3 (memory: the peak is
-    /// the largest over them, since the adjoint's two threads make it depend on their timing),
-    /// 5 (speed).
+    /// Timed repetitions per configuration (after one warm-up). Default: memory, enough for 256
+    /// steps and at least 3 (the peak is the largest over them: the adjoint's two threads make it
+    /// depend on their timing); speed, 5.
     #[arg(long)]
     reps: Option<usize>,
     #[arg(long, default_value_t = 0)]
@@ -56,9 +56,14 @@ pub struct BenchArgs {
 }
 
 pub fn run(b: &Bench) -> anyhow::Result<()> {
-    let (args, default_depths, default_reps) = match b {
-        Bench::Memory(a) => (a, vec![8, 64, 512, 4096], 3),
-        Bench::Speed(a) => (a, vec![8, 64, 512], 5),
+    // The adjoint's peak depends on its two threads' timing (how much of the next step's graph
+    // exists at a backward's peak), so the memory bench samples at least 256 backward steps per
+    // configuration: a shallow stack gets as many chances to show its peak as a deep one.
+    let (args, default_depths, default_reps): (_, _, fn(usize) -> usize) = match b {
+        Bench::Memory(a) => (a, vec![8, 64, 512, 4096], |depth| {
+            256usize.div_ceil(depth).max(3)
+        }),
+        Bench::Speed(a) => (a, vec![8, 64, 512], |_| 5),
         Bench::Train(a) => return train(a),
     };
     let p = args.device.placement()?;
@@ -104,7 +109,7 @@ pub fn run(b: &Bench) -> anyhow::Result<()> {
                         mode,
                         bn,
                         depth,
-                        reps: args.reps.unwrap_or(default_reps),
+                        reps: args.reps.unwrap_or(default_reps(depth)),
                         seed: args.seed,
                         device: args.device.device.clone(),
                     };
