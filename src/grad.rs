@@ -252,7 +252,8 @@ impl<F: Module + ModuleDisplay> Stack<F> {
     /// The discrete adjoint: reverse steps from x_N (or, per step, from each stored true
     /// output), one vector-Jacobian product per step at the reconstructed state.
     ///
-    /// Two threads share the work. Neither the reversal nor the graph of a step's stages depends
+    /// Two threads share the work where that pays ([`crate::device::overlaps_host_threads`];
+    /// otherwise the same steps run in the same order on this thread). Neither the reversal nor the graph of a step's stages depends
     /// on the gradient, so a second thread runs them one step ahead (x̃_n, then f_n at x̃_n with
     /// a graph) while this thread backpropagates the previous step: only the backward passes
     /// stay on the critical path. On the CPU backends a step's small kernels leave a core idle
@@ -277,6 +278,19 @@ impl<F: Module + ModuleDisplay> Stack<F> {
         F: Residual<D>,
     {
         let steps = self.steps();
+        if !crate::device::overlaps_host_threads(&x_n.device()) {
+            let (mut x, mut first_stage) = (x_n, None);
+            for n in (0..steps).rev() {
+                if let Some(states) = exact {
+                    x = states[n + 1].clone();
+                }
+                x = self.reverse_step(n, x, bn, stats, first_stage.take());
+                let graph = self.stage_graph(n, x.clone(), bn, stats);
+                first_stage = graph.first_stage().filter(|_| reuse);
+                g = self.pull_stages(graph, g, grads);
+            }
+            return g;
+        }
         std::thread::scope(|scope| {
             let (tx, rx) = std::sync::mpsc::sync_channel(0);
             scope.spawn(move || {
