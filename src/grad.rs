@@ -5,6 +5,9 @@
 //!   only x_N; the backward reconstructs x_n by the scheme's inverse step **chained from x_N**
 //!   and takes the step's vector-Jacobian product at the reconstructed state. Activation memory
 //!   O(1) in N; the gradient is approximate, its error vanishing with depth.
+//! - [`GradMode::AdjointSerial`]: the same adjoint, same numbers, on one thread (the default
+//!   adjoint uses a second thread on flex, see [`Stack::backward`]): the smallest peak memory,
+//!   the same at every step.
 //! - [`GradMode::AdjointPerStep`]: what the authors' CIFAR code effectively ran through memcnn
 //!   (paper.md §3.4): every step's output is kept and each input is reconstructed by one inverse
 //!   step from its *true* output, so errors do not accumulate; memory stays O(N). For
@@ -32,6 +35,7 @@ use std::str::FromStr;
 pub enum GradMode {
     Backprop,
     Adjoint,
+    AdjointSerial,
     AdjointPerStep,
     Checkpoint(usize),
 }
@@ -43,13 +47,14 @@ impl FromStr for GradMode {
             Error::invalid(
                 "--grad",
                 format!(
-                    "`{s}`: expected backprop, adjoint, adjoint-per-step or checkpoint:K (K ≥ 1)"
+                    "`{s}`: expected backprop, adjoint, adjoint-serial, adjoint-per-step or checkpoint:K (K ≥ 1)"
                 ),
             )
         };
         match s {
             "backprop" => Ok(GradMode::Backprop),
             "adjoint" => Ok(GradMode::Adjoint),
+            "adjoint-serial" => Ok(GradMode::AdjointSerial),
             "adjoint-per-step" => Ok(GradMode::AdjointPerStep),
             _ => {
                 let k = s.strip_prefix("checkpoint:").ok_or_else(bad)?;
@@ -67,6 +72,7 @@ impl std::fmt::Display for GradMode {
         match self {
             GradMode::Backprop => write!(f, "backprop"),
             GradMode::Adjoint => write!(f, "adjoint"),
+            GradMode::AdjointSerial => write!(f, "adjoint-serial"),
             GradMode::AdjointPerStep => write!(f, "adjoint-per-step"),
             GradMode::Checkpoint(k) => write!(f, "checkpoint:{k}"),
         }
@@ -92,6 +98,8 @@ pub struct StackRun<const D: usize> {
     /// x_N: graph-connected under backprop, otherwise a fresh leaf that requires grad.
     pub output: Tensor<D>,
     bn: BnMode,
+    /// The adjoint's steps on this thread only ([`GradMode::AdjointSerial`]).
+    serial: bool,
     saved: Saved<D>,
 }
 
@@ -188,6 +196,7 @@ impl<F: Module + ModuleDisplay> Stack<F> {
                 input: x0,
                 output,
                 bn,
+                serial: false,
                 saved: Saved::Graph,
             };
         }
@@ -219,6 +228,7 @@ impl<F: Module + ModuleDisplay> Stack<F> {
             input: x0,
             output: x_n.autodiff().require_grad(),
             bn,
+            serial: mode == GradMode::AdjointSerial,
             saved,
         }
     }
@@ -236,14 +246,15 @@ impl<F: Module + ModuleDisplay> Stack<F> {
     {
         let g = grad_output.without_autodiff();
         let x_n = run.output.without_autodiff();
+        let threads = !run.serial && crate::device::overlaps_host_threads(&x_n.device());
+        let (bn, reuse) = (run.bn, self.reuses_first_stage::<D>(run.bn));
         match run.saved {
             Saved::Graph => None,
             Saved::Adjoint(mut stats) => {
-                let reuse = self.reuses_first_stage::<D>(run.bn);
-                Some(self.adjoint(x_n, g, run.bn, &mut stats, None, reuse, grads))
+                Some(self.adjoint(x_n, g, bn, &mut stats, None, reuse, threads, grads))
             }
             Saved::PerStep(mut stats, states) => {
-                Some(self.adjoint(x_n, g, run.bn, &mut stats, Some(&states), false, grads))
+                Some(self.adjoint(x_n, g, bn, &mut stats, Some(&states), false, threads, grads))
             }
             Saved::Checkpoint(k, states) => Some(self.checkpointed(k, &states, g, run.bn, grads)),
         }
@@ -252,8 +263,9 @@ impl<F: Module + ModuleDisplay> Stack<F> {
     /// The discrete adjoint: reverse steps from x_N (or, per step, from each stored true
     /// output), one vector-Jacobian product per step at the reconstructed state.
     ///
-    /// Two threads share the work where that pays ([`crate::device::overlaps_host_threads`];
-    /// otherwise the same steps run in the same order on this thread). Neither the reversal nor the graph of a step's stages depends
+    /// With `threads`, two threads share the work (where that pays,
+    /// [`crate::device::overlaps_host_threads`], unless [`GradMode::AdjointSerial`]; otherwise
+    /// the same steps run in the same order on this thread). Neither the reversal nor the graph of a step's stages depends
     /// on the gradient, so a second thread runs them one step ahead (x̃_n, then f_n at x̃_n with
     /// a graph) while this thread backpropagates the previous step: only the backward passes
     /// stay on the critical path. On the CPU backends a step's small kernels leave a core idle
@@ -272,13 +284,14 @@ impl<F: Module + ModuleDisplay> Stack<F> {
         stats: &mut SiteStats,
         exact: Option<&[Tensor<D>]>,
         reuse: bool,
+        threads: bool,
         grads: &mut GradientsParams,
     ) -> Tensor<D>
     where
         F: Residual<D>,
     {
         let steps = self.steps();
-        if !crate::device::overlaps_host_threads(&x_n.device()) {
+        if !threads {
             let (mut x, mut first_stage) = (x_n, None);
             for n in (0..steps).rev() {
                 if let Some(states) = exact {
@@ -579,6 +592,7 @@ mod tests {
         x: &Tensor<4>,
         bn: BnMode,
         reuse: bool,
+        threads: bool,
     ) -> Vec<(String, Vec<f64>)> {
         let run = stack.run(x.clone(), GradMode::Adjoint, bn);
         let x_n = run.output.clone().without_autodiff();
@@ -587,7 +601,7 @@ mod tests {
             panic!("an adjoint run saves statistics")
         };
         let mut grads = GradientsParams::new();
-        let g0 = stack.adjoint(x_n, g, bn, &mut stats, None, reuse, &mut grads);
+        let g0 = stack.adjoint(x_n, g, bn, &mut stats, None, reuse, threads, &mut grads);
         let mut flat = flat_grads(stack, &grads);
         flat.push(("input".into(), crate::device::to_vec(&g0)));
         flat
@@ -603,10 +617,10 @@ mod tests {
     }
 
     /// The reversal and the stage graphs run on a second thread, the backward passes here:
-    /// repeated runs give the same numbers bit for bit, for untied, Heun (consecutive steps share
-    /// a function) and tied stacks (every step shares it).
+    /// repeated runs give the numbers of the one-thread adjoint bit for bit, for untied, Heun
+    /// (consecutive steps share a function) and tied stacks (every step shares it).
     #[test]
-    fn threaded_adjoint_is_deterministic() {
+    fn threaded_adjoint_gives_the_serial_numbers() {
         let p = Placement::flex(Precision::F64);
         let x = p.tensor(Rng::new(4).normals(4 * 2 * 5 * 5), [4, 2, 5, 5]);
         let cfg = ConvBlockConfig {
@@ -624,9 +638,10 @@ mod tests {
                 ("tied heun", &tied),
             ] {
                 let reuse = make().reuses_first_stage::<4>(bn);
-                let first = adjoint_grads(&make(), &x, bn, reuse);
+                let serial = adjoint_grads(&make(), &x, bn, reuse, false);
                 for _ in 0..3 {
-                    assert_eq!(first, adjoint_grads(&make(), &x, bn, reuse), "{name} {bn}");
+                    let threaded = adjoint_grads(&make(), &x, bn, reuse, true);
+                    assert_eq!(serial, threaded, "{name} {bn}");
                 }
             }
         }
@@ -647,16 +662,16 @@ mod tests {
             for bn in [BnMode::Frozen, BnMode::Recompute] {
                 assert!(stack.reuses_first_stage::<4>(bn), "{name} {bn}");
                 let e = gradient_error(
-                    &adjoint_grads(&stack, &x, bn, full),
-                    &adjoint_grads(&stack, &x, bn, reused),
+                    &adjoint_grads(&stack, &x, bn, full, true),
+                    &adjoint_grads(&stack, &x, bn, reused, true),
                 )
                 .relative_error;
                 assert!(e < 1e-12, "{name} {bn}: {e}");
             }
             // Under `cached` the two evaluations normalise with different statistics.
             let e = gradient_error(
-                &adjoint_grads(&stack, &x, BnMode::Cached, full),
-                &adjoint_grads(&stack, &x, BnMode::Cached, reused),
+                &adjoint_grads(&stack, &x, BnMode::Cached, full, true),
+                &adjoint_grads(&stack, &x, BnMode::Cached, reused, true),
             )
             .relative_error;
             assert!(e > 1e-9, "{name}");

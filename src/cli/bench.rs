@@ -29,7 +29,7 @@ pub struct BenchArgs {
     /// mlp-untied (N independent MLPs), convC (TinyResNet block, batch 128, C channels, 10×10).
     #[arg(long, value_delimiter = ',', default_value = "mlp,conv16")]
     workloads: Vec<String>,
-    /// Gradient modes: backprop, adjoint, adjoint-per-step, checkpoint:K.
+    /// Gradient modes: backprop, adjoint, adjoint-serial, adjoint-per-step, checkpoint:K.
     #[arg(long, value_delimiter = ',', default_value = "backprop,adjoint")]
     modes: Vec<String>,
     /// Schemes: euler, heun.
@@ -159,7 +159,7 @@ pub struct TrainBenchArgs {
     /// TinyResNet stack depths N.
     #[arg(long, value_delimiter = ',', default_value = "16,64,256")]
     tiny_depths: Vec<usize>,
-    /// Gradient modes: backprop, adjoint, adjoint-per-step, checkpoint:K.
+    /// Gradient modes: backprop, adjoint, adjoint-serial, adjoint-per-step, checkpoint:K.
     #[arg(long, value_delimiter = ',', default_value = "backprop,adjoint")]
     modes: Vec<String>,
     /// Schemes for TinyResNet (euler, heun); the CIFAR ResNets run Euler, as He et al.'s blocks.

@@ -165,7 +165,7 @@ pub struct DepthSweepArgs {
     /// Schemes: euler (ResNet), heun (HeunNet).
     #[arg(long, value_delimiter = ',', default_value = "euler,heun")]
     pub schemes: Vec<String>,
-    /// Gradient modes: backprop, adjoint, adjoint-per-step, checkpoint:K.
+    /// Gradient modes: backprop, adjoint, adjoint-serial, adjoint-per-step, checkpoint:K.
     #[arg(long, value_delimiter = ',', default_value = "backprop,adjoint")]
     pub modes: Vec<String>,
     /// Runs per configuration, with seeds --seed, --seed + 1, …

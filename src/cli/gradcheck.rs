@@ -74,9 +74,12 @@ pub fn run(a: &Args) -> anyhow::Result<()> {
     let family: Family = a.weights.parse()?;
     let mode: GradMode = a.grad.parse()?;
     let bn: BnMode = a.bn.parse()?;
-    if !matches!(mode, GradMode::Adjoint | GradMode::AdjointPerStep) {
+    if !matches!(
+        mode,
+        GradMode::Adjoint | GradMode::AdjointSerial | GradMode::AdjointPerStep
+    ) {
         anyhow::bail!(
-            "invalid --grad: `{}`: gradcheck compares adjoint or adjoint-per-step against backprop",
+            "invalid --grad: `{}`: gradcheck compares adjoint, adjoint-serial or adjoint-per-step against backprop",
             a.grad
         );
     }

@@ -34,7 +34,7 @@ pub struct TrainArgs {
     /// Depth-integration scheme: euler or heun.
     #[arg(long, default_value = "euler")]
     scheme: String,
-    /// Gradient mode: backprop, adjoint, adjoint-per-step or checkpoint:K.
+    /// Gradient mode: backprop, adjoint, adjoint-serial, adjoint-per-step or checkpoint:K.
     #[arg(long, default_value = "adjoint")]
     grad: String,
     /// Batch-norm policy under the adjoint: cached, frozen or recompute.
