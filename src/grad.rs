@@ -290,16 +290,8 @@ impl<F: Module + ModuleDisplay> Stack<F> {
     where
         F: Residual<D>,
     {
-        let steps = self.steps();
         if !threads {
-            let (mut x, mut first_stage) = (x_n, None);
-            for n in (0..steps).rev() {
-                if let Some(states) = exact {
-                    x = states[n + 1].clone();
-                }
-                x = self.reverse_step(n, x, bn, stats, first_stage.take());
-                let graph = self.stage_graph(n, x.clone(), bn, stats);
-                first_stage = graph.first_stage().filter(|_| reuse);
+            for graph in self.stage_graphs(x_n, bn, stats, exact, reuse) {
                 g = self.pull_stages(graph, g, grads);
             }
             return g;
@@ -307,25 +299,42 @@ impl<F: Module + ModuleDisplay> Stack<F> {
         std::thread::scope(|scope| {
             let (tx, rx) = std::sync::mpsc::sync_channel(0);
             scope.spawn(move || {
-                let mut x = x_n;
-                let mut first_stage = None;
-                for n in (0..steps).rev() {
-                    if let Some(states) = exact {
-                        x = states[n + 1].clone();
-                    }
-                    x = self.reverse_step(n, x, bn, stats, first_stage.take());
-                    let graph = self.stage_graph(n, x.clone(), bn, stats);
-                    first_stage = graph.first_stage().filter(|_| reuse);
+                for graph in self.stage_graphs(x_n, bn, stats, exact, reuse) {
                     if tx.send(graph).is_err() {
                         return;
                     }
                 }
             });
-            for _ in 0..steps {
-                let Ok(graph) = rx.recv() else { break };
+            for graph in rx {
                 g = self.pull_stages(graph, g, grads);
             }
             g
+        })
+    }
+
+    /// The adjoint's gradient-free half, last step first: reverse step n (from the previous
+    /// reconstruction, or from the true output x_{n+1} when `exact`) and yield step n's stage
+    /// graph at the result.
+    fn stage_graphs<'a, const D: usize>(
+        &'a self,
+        x_n: Tensor<D>,
+        bn: BnMode,
+        stats: &'a mut SiteStats,
+        exact: Option<&'a [Tensor<D>]>,
+        reuse: bool,
+    ) -> impl Iterator<Item = StageGraph<F, D>> + 'a
+    where
+        F: Residual<D>,
+    {
+        let (mut x, mut first_stage) = (x_n, None);
+        (0..self.steps()).rev().map(move |n| {
+            if let Some(states) = exact {
+                x = states[n + 1].clone();
+            }
+            x = self.reverse_step(n, x.clone(), bn, stats, first_stage.take());
+            let graph = self.stage_graph(n, x.clone(), bn, stats);
+            first_stage = graph.first_stage().filter(|_| reuse);
+            graph
         })
     }
 
