@@ -657,6 +657,40 @@ mod tests {
     }
 
     #[test]
+    fn grad_modes_round_trip_and_bad_names_name_the_flag() {
+        for m in [
+            GradMode::Backprop,
+            GradMode::Adjoint,
+            GradMode::AdjointSerial,
+            GradMode::AdjointPerStep,
+            GradMode::Checkpoint(4),
+        ] {
+            assert_eq!(m.to_string().parse::<GradMode>().ok(), Some(m));
+        }
+        for bad in ["adjoint-threads", "checkpoint:0", ""] {
+            let e = bad.parse::<GradMode>().err().map(|e| e.to_string());
+            assert!(e.is_some_and(|e| e.contains("--grad")), "{bad}");
+        }
+    }
+
+    /// Through the public API: `adjoint-serial` gives the default adjoint's gradients exactly.
+    #[test]
+    fn adjoint_serial_equals_adjoint() {
+        let p = Placement::flex(Precision::F64);
+        let x = p.tensor(Rng::new(4).normals(4 * 2 * 5 * 5), [4, 2, 5, 5]);
+        let stack = conv_stack(&p, Scheme::Heun);
+        let grads = |mode| {
+            let r = stack.loss_grads(x.clone(), mode, BnMode::Cached, |y| y.square().mean());
+            (
+                r.loss,
+                flat_grads(&stack, &r.params),
+                crate::device::to_vec(&r.input),
+            )
+        };
+        assert_eq!(grads(GradMode::Adjoint), grads(GradMode::AdjointSerial));
+    }
+
+    #[test]
     fn reusing_first_stages_changes_nothing() {
         let p = Placement::flex(Precision::F64);
         let cfg = ConvBlockConfig {
