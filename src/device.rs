@@ -51,7 +51,7 @@ impl FromStr for Precision {
 /// Whether the adjoint's second host thread pays on `device` (see `grad.rs`): on flex, whose
 /// small kernels run on the calling thread and leave a core idle, it does. LibTorch runs its own
 /// OpenMP pool, and two host threads contend for it (`bench speed --device libtorch`: adjoint
-/// 2.2–3.8× backprop with two threads, 1.2–2.0× with one); GPU kernels are asynchronous anyway.
+/// 2.2–3.8× backprop with two threads, 1.35–1.96× with one); GPU kernels are asynchronous anyway.
 /// There the adjoint runs on one thread.
 pub fn overlaps_host_threads(device: &Device) -> bool {
     *device == Device::flex()

@@ -119,11 +119,11 @@ impl<const D: usize> StackRun<D> {
 }
 
 /// One step's stages evaluated with a graph from a leaf at the reconstructed input, through
-/// leaf views of the functions involved (indices into the stack's functions).
+/// leaf views of the functions the step evaluates (`views[i]` is function n + i's).
 struct StageGraph<F, const D: usize> {
     leaf: Tensor<D>,
     ks: Vec<Tensor<D>>,
-    views: Vec<(usize, F)>,
+    views: Vec<F>,
 }
 
 impl<F, const D: usize> StageGraph<F, D> {
@@ -420,13 +420,11 @@ impl<F: Module + ModuleDisplay> Stack<F> {
         F: Residual<D>,
     {
         let leaf = x.autodiff().require_grad();
-        let mut views: Vec<(usize, F)> = Vec::new();
-        for l in n..(n + 1 + self.scheme.reach()).min(self.depth) {
-            let i = self.function_index(l);
-            if views.iter().all(|(j, _)| *j != i) {
-                views.push((i, leaf_view(&self.functions[i])));
-            }
-        }
+        // One view per evaluated function, even when tied: their gradients add up by parameter
+        // id in `pull_stages`, as uses of one parameter do.
+        let views: Vec<F> = (n..=n + self.scheme.reach())
+            .map(|l| leaf_view(self.function(l)))
+            .collect();
         let mut pass = Pass {
             bn,
             phase: Phase::Vjp,
@@ -437,10 +435,7 @@ impl<F: Module + ModuleDisplay> Stack<F> {
         let ks = self
             .scheme
             .stage_values(n, self.h(), leaf.clone(), |stage, layer, xi| {
-                let i = self.function_index(layer);
-                let f = views.iter().find(|(j, _)| *j == i).map(|(_, f)| f);
-                let f = f.unwrap_or_else(|| self.function(layer));
-                Self::eval_with(f, xi, &mut pass, n * stages + stage)
+                Self::eval_with(&views[layer - n], xi, &mut pass, n * stages + stage)
             });
         StageGraph { leaf, ks, views }
     }
@@ -467,7 +462,7 @@ impl<F: Module + ModuleDisplay> Stack<F> {
             .reduce(|a, b| a + b);
         let Some(s) = s else { return g };
         let mut back = s.backward();
-        for (_, f) in &views {
+        for f in &views {
             accumulate(grads, &mut back, f);
         }
         match leaf.grad_remove(&mut back) {

@@ -81,16 +81,7 @@ impl<F: Module + ModuleDisplay> Stack<F> {
 
     /// The function of layer `l` (the shared one when tied).
     pub fn function(&self, l: usize) -> &F {
-        &self.functions[self.function_index(l)]
-    }
-
-    /// Which of `functions` step function `l` is (0 for a tied stack).
-    pub fn function_index(&self, l: usize) -> usize {
-        if self.functions.len() == 1 {
-            0
-        } else {
-            l
-        }
+        &self.functions[if self.functions.len() == 1 { 0 } else { l }]
     }
 
     /// Step size 1/N.
