@@ -23,7 +23,7 @@ use crate::stack::Stack;
 use crate::{Error, Result};
 use burn::module::ModuleDisplay;
 use burn::tensor::Tensor;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::str::FromStr;
 use std::time::Instant;
 
@@ -41,7 +41,7 @@ impl FromStr for Workload {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
         match s {
-            "mlp" => Ok(Workload::Mlp { tied: true }),
+            "mlp" | "mlp-tied" => Ok(Workload::Mlp { tied: true }),
             "mlp-untied" => Ok(Workload::Mlp { tied: false }),
             _ => match s.strip_prefix("conv").map(str::parse::<usize>) {
                 Some(Ok(c)) if c > 0 => Ok(Workload::Conv(c)),
@@ -65,7 +65,7 @@ impl std::fmt::Display for Workload {
 }
 
 /// One measured configuration.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BenchRecord {
     pub workload: String,
     pub scheme: String,

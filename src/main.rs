@@ -7,6 +7,7 @@ mod cli;
 static ALLOCATOR: resnet_ode::memory::CountingAllocator = resnet_ode::memory::CountingAllocator;
 
 fn main() {
+    resnet_ode::memory::keep_freed_memory();
     if let Err(e) = cli::run() {
         // The chain of contexts names the flag or file at fault; no backtrace for user errors.
         eprintln!("error: {e:#}");

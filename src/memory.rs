@@ -60,6 +60,38 @@ fn grow(bytes: usize) {
     PEAK.fetch_max(live, Ordering::Relaxed);
 }
 
+/// Keep freed heap memory for reuse instead of handing it back to the operating system at once.
+///
+/// glibc serves blocks of 128 KiB and more (every activation of a real batch) with fresh
+/// `mmap`s and trims its heaps as soon as 128 KiB lie free at the top, so each training step
+/// page-faults its activations in anew; the adjoint, whose few live states are freed and
+/// reallocated every layer, pays that at every step. Measured in fresh processes (`bench speed
+/// --workloads mlp,conv16 --depths 64`): MLP Heun adjoint 144 → 107 ms, conv16 Euler adjoint
+/// 1107 → 984 ms. This raises the `mmap` threshold to 32 MiB (larger blocks still go straight
+/// to the system) and the trim threshold to 64 MiB (at most that much free memory is kept at a
+/// heap's top). Environment variables `MALLOC_MMAP_THRESHOLD_` / `MALLOC_TRIM_THRESHOLD_`, when
+/// set, win. Elsewhere than on glibc this does nothing.
+pub fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        const M_TRIM_THRESHOLD: i32 = -1;
+        const M_MMAP_THRESHOLD: i32 = -3;
+        unsafe extern "C" {
+            fn mallopt(param: i32, value: i32) -> i32;
+        }
+        for (param, var, value) in [
+            (M_MMAP_THRESHOLD, "MALLOC_MMAP_THRESHOLD_", 32 << 20),
+            (M_TRIM_THRESHOLD, "MALLOC_TRIM_THRESHOLD_", 64 << 20),
+        ] {
+            if std::env::var_os(var).is_none() {
+                // SAFETY: mallopt only changes glibc's tuning parameters; it is called before
+                // any other thread exists (start of `main`).
+                unsafe { mallopt(param, value) };
+            }
+        }
+    }
+}
+
 /// Whether the counting allocator is installed in this process.
 pub fn is_counting() -> bool {
     ACTIVE.load(Ordering::Relaxed)

@@ -331,6 +331,52 @@ fn bench_train_cli_writes_json() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// `bench memory` measures each configuration in a child process; the records are those of the
+/// same configurations measured in process (the deterministic modes' peaks to the byte).
+#[test]
+fn bench_memory_children_match_in_process() {
+    let dir = temp_dir("bench-memory");
+    let records = |extra: &[&str], name: &str| {
+        let json = dir.join(name);
+        let mut args = vec![
+            "bench",
+            "memory",
+            "--workloads",
+            "mlp",
+            "--schemes",
+            "euler,heun",
+            "--modes",
+            "backprop,adjoint-serial",
+            "--depths",
+            "3",
+            "--reps",
+            "1",
+            "--json",
+            json.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let (ok, stderr) = run_bin(&args);
+        assert!(ok, "{stderr}");
+        let text = std::fs::read_to_string(&json).unwrap();
+        let v: Vec<serde_json::Value> = serde_json::from_str(&text).unwrap();
+        v.into_iter()
+            .map(|r| {
+                let field = |k: &str| r[k].to_string();
+                let keys = ["workload", "scheme", "mode", "depth"];
+                let bytes = ["activation_peak_bytes", "gradient_bytes", "parameter_bytes"];
+                assert!(r["step_ms"].as_f64().unwrap() > 0.0, "{r}");
+                keys.iter().chain(&bytes).map(|k| field(k)).collect::<Vec<_>>()
+            })
+            .collect::<Vec<_>>()
+    };
+    let children = records(&[], "children.json");
+    let in_process = records(&["--in-process"], "in-process.json");
+    assert_eq!(children.len(), 4);
+    assert_eq!(children, in_process);
+    assert!(children.iter().all(|r| r[4] != "0"), "{children:?}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 /// Bad flags and unwritable outputs fail at once, naming the flag, before any training.
 #[test]
 fn cli_errors_before_work() {

@@ -51,6 +51,10 @@ pub struct BenchArgs {
     /// Write one JSON record per run to FILE.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Measure every configuration in this process instead of a fresh child process each (then
+    /// one configuration's allocator state and thread timing carry into the next).
+    #[arg(long)]
+    in_process: bool,
     #[command(flatten)]
     device: DeviceArgs,
 }
@@ -58,7 +62,8 @@ pub struct BenchArgs {
 pub fn run(b: &Bench) -> anyhow::Result<()> {
     // The adjoint's peak depends on its two threads' timing (how much of the next step's graph
     // exists at a backward's peak), so the memory bench samples at least 256 backward steps per
-    // configuration: a shallow stack gets as many chances to show its peak as a deep one.
+    // configuration: a shallow stack gets as many chances to show its peak as a deep one. Each
+    // configuration runs in its own process (`in_child`), so none inherits another's heap.
     let (args, default_depths, default_reps): (_, _, fn(usize) -> usize) = match b {
         Bench::Memory(a) => (a, vec![8, 64, 512, 4096], |depth| {
             256usize.div_ceil(depth).max(3)
@@ -113,8 +118,12 @@ pub fn run(b: &Bench) -> anyhow::Result<()> {
                         seed: args.seed,
                         device: args.device.device.clone(),
                     };
-                    let r = measure(&p, w, &cfg)
-                        .with_context(|| format!("{w} {scheme} {mode} depth {depth}"))?;
+                    let r = if args.in_process {
+                        Ok(measure(&p, w, &cfg)?)
+                    } else {
+                        in_child(&stack_child_args(b, args, w, &cfg))
+                    }
+                    .with_context(|| format!("{w} {scheme} {mode} depth {depth}"))?;
                     print_row(&r);
                     records.push(r);
                 }
@@ -126,6 +135,111 @@ pub fn run(b: &Bench) -> anyhow::Result<()> {
         println!("wrote {}", path.display());
     }
     Ok(())
+}
+
+/// The command line that measures `cfg` on `w` alone, as `run` would in process.
+fn stack_child_args(b: &Bench, a: &BenchArgs, w: Workload, cfg: &BenchConfig) -> Vec<String> {
+    let kind = if matches!(b, Bench::Memory(_)) {
+        "memory"
+    } else {
+        "speed"
+    };
+    let depth = cfg.depth.to_string();
+    [
+        "bench",
+        kind,
+        "--workloads",
+        &w.to_string(),
+        "--schemes",
+        &cfg.scheme.to_string(),
+        "--modes",
+        &cfg.mode.to_string(),
+        "--depths",
+        &depth,
+        "--max-conv-depth",
+        &depth,
+        "--bn",
+        &cfg.bn.to_string(),
+        "--reps",
+        &cfg.reps.to_string(),
+        "--seed",
+        &cfg.seed.to_string(),
+        "--device",
+        &a.device.device,
+        "--dtype",
+        &a.device.dtype,
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+/// The command line that measures `cfg` alone, as `train` would in process.
+fn train_child_args(a: &TrainBenchArgs, cfg: &TrainBench) -> Vec<String> {
+    [
+        "bench",
+        "train",
+        "--models",
+        &cfg.model.to_string(),
+        "--tiny-depths",
+        &cfg.depth.to_string(),
+        "--schemes",
+        &cfg.scheme.to_string(),
+        "--modes",
+        &cfg.mode.to_string(),
+        "--batch",
+        &cfg.batch.to_string(),
+        "--steps",
+        &cfg.steps.to_string(),
+        "--seed",
+        &cfg.seed.to_string(),
+        "--device",
+        &a.device.device,
+        "--dtype",
+        &a.device.dtype,
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+/// Run this binary with `args` plus `--in-process --json FILE` and return the one record it
+/// writes. A fresh process per configuration makes each measurement independent of the ones
+/// before it: in one process the adjoint's peak (which depends on its two threads' timing) read
+/// 6.85 MiB at N = 8–512 after backprop runs and 7.72 MiB when measured alone.
+fn in_child<R: serde::de::DeserializeOwned>(args: &[String]) -> anyhow::Result<R> {
+    static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let json = std::env::temp_dir().join(format!(
+        "resnet-ode-bench-{}-{run}.json",
+        std::process::id()
+    ));
+    let exe = std::env::current_exe().context("cannot locate this executable")?;
+    let out = std::process::Command::new(exe)
+        .args(args)
+        .arg("--in-process")
+        .arg("--json")
+        .arg(&json)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .context("cannot start the child process")?;
+    if !out.status.success() {
+        let _ = std::fs::remove_file(&json);
+        anyhow::bail!(
+            "child process `{}` failed ({}):\n{}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let text = std::fs::read_to_string(&json);
+    let _ = std::fs::remove_file(&json);
+    let text = text.with_context(|| format!("cannot read {}", json.display()))?;
+    let mut records: Vec<R> = serde_json::from_str(&text)
+        .with_context(|| format!("unexpected records in {}", json.display()))?;
+    match (records.pop(), records.is_empty()) {
+        (Some(r), true) => Ok(r),
+        _ => anyhow::bail!("{} holds not exactly one record", json.display()),
+    }
 }
 
 fn parse_all<T: std::str::FromStr<Err = resnet_ode::Error>>(
@@ -177,6 +291,9 @@ pub struct TrainBenchArgs {
     /// activation_peak_bytes, device) as a JSON array to FILE.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Measure every configuration in this process instead of a fresh child process each.
+    #[arg(long)]
+    in_process: bool,
     #[command(flatten)]
     device: DeviceArgs,
 }
@@ -247,7 +364,12 @@ fn train(a: &TrainBenchArgs) -> anyhow::Result<()> {
     );
     let mut records: Vec<TrainBenchRecord> = Vec::new();
     for cfg in &configs {
-        let r = measure_train(&p, cfg).with_context(|| {
+        let r = if a.in_process {
+            Ok(measure_train(&p, cfg)?)
+        } else {
+            in_child(&train_child_args(a, cfg))
+        }
+        .with_context(|| {
             format!(
                 "{} depth {} {} {}",
                 cfg.model, cfg.depth, cfg.scheme, cfg.mode
