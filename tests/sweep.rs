@@ -365,7 +365,10 @@ fn bench_memory_children_match_in_process() {
                 let keys = ["workload", "scheme", "mode", "depth"];
                 let bytes = ["activation_peak_bytes", "gradient_bytes", "parameter_bytes"];
                 assert!(r["step_ms"].as_f64().unwrap() > 0.0, "{r}");
-                keys.iter().chain(&bytes).map(|k| field(k)).collect::<Vec<_>>()
+                keys.iter()
+                    .chain(&bytes)
+                    .map(|k| field(k))
+                    .collect::<Vec<_>>()
             })
             .collect::<Vec<_>>()
     };
@@ -408,6 +411,14 @@ fn cli_errors_before_work() {
         (
             vec!["bench", "train", "--json", inside.to_str().unwrap()],
             "--json",
+        ),
+        (
+            vec!["bench", "memory", "--json", inside.to_str().unwrap()],
+            "--json",
+        ),
+        (
+            vec!["bench", "speed", "--workloads", "conv0"],
+            "--workloads",
         ),
     ];
     for (args, want) in cases {

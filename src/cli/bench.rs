@@ -81,6 +81,7 @@ pub fn run(b: &Bench) -> anyhow::Result<()> {
     let modes: Vec<GradMode> = parse_all(&args.modes)?;
     let schemes: Vec<Scheme> = parse_all(&args.schemes)?;
     let bn: resnet_ode::norm::BnMode = args.bn.parse()?;
+    check_json_dir(args.json.as_deref())?;
     if !resnet_ode::memory::is_counting() {
         eprintln!("note: heap counting is off; memory columns read 0");
     }
@@ -242,6 +243,16 @@ fn in_child<R: serde::de::DeserializeOwned>(args: &[String]) -> anyhow::Result<R
     }
 }
 
+/// Fail before any measurement when `--json`'s folder cannot take the file.
+fn check_json_dir(json: Option<&std::path::Path>) -> anyhow::Result<()> {
+    if let Some(dir) = json.and_then(std::path::Path::parent) {
+        if !dir.as_os_str().is_empty() {
+            resnet_ode::report::ensure_writable_dir(dir).context("--json")?;
+        }
+    }
+    Ok(())
+}
+
 fn parse_all<T: std::str::FromStr<Err = resnet_ode::Error>>(
     v: &[String],
 ) -> anyhow::Result<Vec<T>> {
@@ -335,11 +346,7 @@ fn train(a: &TrainBenchArgs) -> anyhow::Result<()> {
     for cfg in &configs {
         cfg.check()?;
     }
-    if let Some(dir) = a.json.as_deref().and_then(std::path::Path::parent) {
-        if !dir.as_os_str().is_empty() {
-            resnet_ode::report::ensure_writable_dir(dir).context("--json")?;
-        }
-    }
+    check_json_dir(a.json.as_deref())?;
     if !resnet_ode::memory::is_counting() {
         eprintln!("note: heap counting is off; memory columns read 0");
     }
