@@ -41,9 +41,9 @@ pub struct BenchArgs {
     /// Deepest conv stack to run (conv steps are ~100× an MLP step).
     #[arg(long, default_value_t = 512)]
     max_conv_depth: usize,
-    /// Timed repetitions per configuration (after one warm-up). Default: memory, enough for 256
-    /// steps and at least 3 (the peak is the largest over them: the adjoint's two threads make it
-    /// depend on their timing); speed, 5.
+    /// Timed repetitions per configuration (after one warm-up). Default: memory, as many layer
+    /// steps at every depth as 3 repetitions of the workload's deepest stack (the peak is the
+    /// largest over them: the adjoint's two threads make it depend on their timing); speed, 5.
     #[arg(long)]
     reps: Option<usize>,
     #[arg(long, default_value_t = 0)]
@@ -60,15 +60,17 @@ pub struct BenchArgs {
 }
 
 pub fn run(b: &Bench) -> anyhow::Result<()> {
-    // The adjoint's peak depends on its two threads' timing (how much of the next step's graph
-    // exists at a backward's peak), so the memory bench samples at least 256 backward steps per
-    // configuration: a shallow stack gets as many chances to show its peak as a deep one. Each
-    // configuration runs in its own process (`in_child`), so none inherits another's heap.
-    let (args, default_depths, default_reps): (_, _, fn(usize) -> usize) = match b {
-        Bench::Memory(a) => (a, vec![8, 64, 512, 4096], |depth| {
-            256usize.div_ceil(depth).max(3)
+    // The adjoint's peak depends on its two threads' timing (whether the next step's graph is
+    // complete at a backward's peak: a rare event), and a peak is the largest over the steps
+    // sampled. So the memory bench samples as many layer steps at every depth as three steps
+    // of the deepest stack of the workload: a shallow stack gets as many chances to show its
+    // peak as a deep one, and a ratio of peaks compares like with like. Each configuration runs
+    // in its own process (`in_child`), so none inherits another's heap.
+    let (args, default_depths, default_reps): (_, _, fn(usize, usize) -> usize) = match b {
+        Bench::Memory(a) => (a, vec![8, 64, 512, 4096], |depth, deepest| {
+            (3 * deepest).div_ceil(depth)
         }),
-        Bench::Speed(a) => (a, vec![8, 64, 512], |_| 5),
+        Bench::Speed(a) => (a, vec![8, 64, 512], |_, _| 5),
         Bench::Train(a) => return train(a),
     };
     let p = args.device.placement()?;
@@ -77,6 +79,9 @@ pub fn run(b: &Bench) -> anyhow::Result<()> {
     } else {
         args.depths.clone()
     };
+    if depths.contains(&0) {
+        anyhow::bail!("invalid --depths: 0: every depth must be at least 1");
+    }
     let workloads: Vec<Workload> = parse_all(&args.workloads)?;
     let modes: Vec<GradMode> = parse_all(&args.modes)?;
     let schemes: Vec<Scheme> = parse_all(&args.schemes)?;
@@ -104,9 +109,16 @@ pub fn run(b: &Bench) -> anyhow::Result<()> {
     // Modes innermost: the gradient modes of one depth run back to back, under the same machine
     // state, so their time ratio is not skewed by drift between distant runs.
     for &w in &workloads {
+        let runs = |depth: usize| !matches!(w, Workload::Conv(_)) || depth <= args.max_conv_depth;
+        let deepest = depths
+            .iter()
+            .copied()
+            .filter(|&d| runs(d))
+            .max()
+            .unwrap_or(1);
         for &scheme in &schemes {
             for &depth in &depths {
-                if matches!(w, Workload::Conv(_)) && depth > args.max_conv_depth {
+                if !runs(depth) {
                     continue;
                 }
                 for &mode in &modes {
@@ -115,7 +127,7 @@ pub fn run(b: &Bench) -> anyhow::Result<()> {
                         mode,
                         bn,
                         depth,
-                        reps: args.reps.unwrap_or(default_reps(depth)),
+                        reps: args.reps.unwrap_or(default_reps(depth, deepest)),
                         seed: args.seed,
                         device: args.device.device.clone(),
                     };
