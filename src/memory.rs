@@ -65,9 +65,10 @@ fn grow(bytes: usize) {
 /// glibc serves blocks of 128 KiB and more (every activation of a real batch) with fresh
 /// `mmap`s and trims its heaps as soon as 128 KiB lie free at the top, so each training step
 /// page-faults its activations in anew; the adjoint, whose few live states are freed and
-/// reallocated every layer, pays that at every step. Measured in fresh processes (`bench speed
-/// --workloads mlp,conv16 --depths 64`): MLP Heun adjoint 144 → 107 ms, conv16 Euler adjoint
-/// 1107 → 984 ms. This raises the `mmap` threshold to 32 MiB (larger blocks still go straight
+/// reallocated every layer, pays that at every layer. Measured in fresh processes, three runs
+/// each without and with this (`bench speed --workloads mlp,conv16 --depths 64 --reps 5`,
+/// `docs/bench/malloc-ab.txt`): MLP Heun adjoint 94–159 → 83–95 ms, conv16 Euler adjoint
+/// 926–1068 → 823–884 ms; backprop unchanged. This raises the `mmap` threshold to 32 MiB (larger blocks still go straight
 /// to the system) and the trim threshold to 64 MiB (at most that much free memory is kept at a
 /// heap's top). Environment variables `MALLOC_MMAP_THRESHOLD_` / `MALLOC_TRIM_THRESHOLD_`, when
 /// set, win. Elsewhere than on glibc this does nothing.

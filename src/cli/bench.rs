@@ -158,60 +158,53 @@ fn stack_child_args(b: &Bench, a: &BenchArgs, w: Workload, cfg: &BenchConfig) ->
         "speed"
     };
     let depth = cfg.depth.to_string();
-    [
-        "bench",
-        kind,
-        "--workloads",
-        &w.to_string(),
-        "--schemes",
-        &cfg.scheme.to_string(),
-        "--modes",
-        &cfg.mode.to_string(),
-        "--depths",
-        &depth,
-        "--max-conv-depth",
-        &depth,
-        "--bn",
-        &cfg.bn.to_string(),
-        "--reps",
-        &cfg.reps.to_string(),
-        "--seed",
-        &cfg.seed.to_string(),
-        "--device",
-        &a.device.device,
-        "--dtype",
-        &a.device.dtype,
-    ]
-    .map(String::from)
-    .to_vec()
+    let flags = [
+        ("--workloads", w.to_string()),
+        ("--schemes", cfg.scheme.to_string()),
+        ("--modes", cfg.mode.to_string()),
+        ("--depths", depth.clone()),
+        ("--max-conv-depth", depth),
+        ("--bn", cfg.bn.to_string()),
+        ("--reps", cfg.reps.to_string()),
+        ("--seed", cfg.seed.to_string()),
+    ];
+    child_args(kind, flags, &a.device)
 }
 
 /// The command line that measures `cfg` alone, as `train` would in process.
 fn train_child_args(a: &TrainBenchArgs, cfg: &TrainBench) -> Vec<String> {
-    [
-        "bench",
-        "train",
-        "--models",
-        &cfg.model.to_string(),
-        "--tiny-depths",
-        &cfg.depth.to_string(),
-        "--schemes",
-        &cfg.scheme.to_string(),
-        "--modes",
-        &cfg.mode.to_string(),
-        "--batch",
-        &cfg.batch.to_string(),
-        "--steps",
-        &cfg.steps.to_string(),
-        "--seed",
-        &cfg.seed.to_string(),
-        "--device",
-        &a.device.device,
-        "--dtype",
-        &a.device.dtype,
-    ]
-    .map(String::from)
-    .to_vec()
+    let flags = [
+        ("--models", cfg.model.to_string()),
+        ("--tiny-depths", cfg.depth.to_string()),
+        ("--schemes", cfg.scheme.to_string()),
+        ("--modes", cfg.mode.to_string()),
+        ("--batch", cfg.batch.to_string()),
+        ("--steps", cfg.steps.to_string()),
+        ("--seed", cfg.seed.to_string()),
+    ];
+    child_args("train", flags, &a.device)
+}
+
+/// `bench KIND`, then each flag and its value, then the device flags.
+fn child_args(
+    kind: &str,
+    flags: impl IntoIterator<Item = (&'static str, String)>,
+    device: &DeviceArgs,
+) -> Vec<String> {
+    let device = [
+        ("--device", device.device.clone()),
+        ("--dtype", device.dtype.clone()),
+    ];
+    ["bench", kind]
+        .map(String::from)
+        .into_iter()
+        .chain(
+            flags
+                .into_iter()
+                .chain(device)
+                .flat_map(|(flag, value)| [flag.to_string(), value]),
+        )
+        .collect()
 }
 
 /// Run this binary with `args` plus `--in-process --json FILE` and return the one record it
