@@ -20,6 +20,7 @@ use crate::grad::GradMode;
 use crate::memory;
 use crate::models::{Arch, InputShape, Model, ModelSpec};
 use crate::norm::BnMode;
+use crate::params::parameter_bytes;
 use crate::rng::Rng;
 use crate::scheme::Scheme;
 use crate::train::{step_gradients, DeviceBatch, Optimizer, OptimizerConfig};
@@ -167,14 +168,17 @@ pub fn measure(p: &Placement, cfg: &TrainBench) -> Result<TrainBenchRecord> {
         .init(p, INPUT, &mut Rng::derive(cfg.seed, "model init"))?;
     let batch = DeviceBatch::new(p, &random_batch(cfg.batch, cfg.seed), INPUT.classes);
     let mut optimizer = Optimizer::new(OptimizerConfig::default());
+    let meter = memory::Meter::for_device(&cfg.device)?;
     let mut times = Vec::with_capacity(cfg.steps);
     let mut peak = 0;
     for k in 0..=cfg.steps {
         let start = Instant::now();
-        let (next, bytes) = step(model, &batch, cfg, &mut optimizer, p)?;
+        let (next, bytes) = step(model, &batch, cfg, &mut optimizer, p, &meter, k)?;
         model = next;
         if k > 0 {
             times.push(start.elapsed().as_secs_f64() * 1e3);
+        }
+        if (k == 0) == meter.reads_first_step() {
             peak = peak.max(bytes);
         }
     }
@@ -199,9 +203,23 @@ fn step(
     cfg: &TrainBench,
     optimizer: &mut Optimizer,
     p: &Placement,
+    meter: &memory::Meter,
+    k: usize,
 ) -> Result<(Model, usize)> {
-    let (grads, peak, _) =
-        memory::measure_transient(|| step_gradients(&model, batch, cfg.mode, BnMode::Cached));
+    let gradients = || {
+        let grads = step_gradients(&model, batch, cfg.mode, BnMode::Cached);
+        // A GPU reading must see the whole step: wait for the device.
+        let _ = p.device.sync();
+        grads
+    };
+    let (grads, peak) = if k == 0 || !meter.reads_first_step() {
+        // The gradients a step holds: one per parameter.
+        let held = parameter_bytes(&model, p.precision.bytes());
+        let (grads, peak, _) = meter.measure(gradients, |_| held);
+        (grads, peak)
+    } else {
+        (gradients(), 0)
+    };
     if !grads.loss.is_finite() {
         return Err(Error::NonFinite {
             what: format!(

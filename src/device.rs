@@ -1,5 +1,5 @@
 //! Where tensors live and in which precision: the device is chosen at run time
-//! (`--device flex|libtorch|libtorch-cuda:N|cuda:N`) and the float type with `--dtype f32|f64`.
+//! (`--device flex|libtorch|libtorch-cuda:N|cuda:N|vulkan[:N]`) and the float type with `--dtype f32|f64`.
 //!
 //! burn fixes a device's default float type once per process, so resnet-ode never relies on it:
 //! every tensor is created through a [`Placement`] with an explicit dtype, which lets f32 and f64
@@ -68,6 +68,8 @@ pub enum DeviceSpec {
     LibTorchCuda(usize),
     /// CubeCL CUDA device N (feature `cuda`).
     Cuda(usize),
+    /// wgpu on Vulkan, adapter N or the default one (feature `vulkan`).
+    Vulkan(Option<usize>),
 }
 
 impl FromStr for DeviceSpec {
@@ -84,15 +86,18 @@ impl FromStr for DeviceSpec {
         match s {
             "flex" | "cpu" => Ok(DeviceSpec::Flex),
             "libtorch" => Ok(DeviceSpec::LibTorch),
+            "vulkan" => Ok(DeviceSpec::Vulkan(None)),
             _ => {
                 if let Some(rest) = s.strip_prefix("libtorch-cuda:") {
                     Ok(DeviceSpec::LibTorchCuda(index(rest)?))
                 } else if let Some(rest) = s.strip_prefix("cuda:") {
                     Ok(DeviceSpec::Cuda(index(rest)?))
+                } else if let Some(rest) = s.strip_prefix("vulkan:") {
+                    Ok(DeviceSpec::Vulkan(Some(index(rest)?)))
                 } else {
                     Err(Error::invalid(
                         "--device",
-                        format!("`{s}`: expected flex, libtorch, libtorch-cuda:N or cuda:N"),
+                        format!("`{s}`: expected flex, libtorch, libtorch-cuda:N, cuda:N, vulkan or vulkan:N"),
                     ))
                 }
             }
@@ -107,12 +112,15 @@ impl std::fmt::Display for DeviceSpec {
             DeviceSpec::LibTorch => write!(f, "libtorch"),
             DeviceSpec::LibTorchCuda(i) => write!(f, "libtorch-cuda:{i}"),
             DeviceSpec::Cuda(i) => write!(f, "cuda:{i}"),
+            DeviceSpec::Vulkan(None) => write!(f, "vulkan"),
+            DeviceSpec::Vulkan(Some(i)) => write!(f, "vulkan:{i}"),
         }
     }
 }
 
 impl DeviceSpec {
-    /// The burn device, or an error naming the cargo feature this build lacks.
+    /// The burn device, or an error naming what is missing: the cargo feature this build
+    /// lacks, or (for a GPU) the driver or device that did not come up.
     #[allow(deprecated)] // burn marks its LibTorch device deprecated; it is still PyTorch's kernels.
     pub fn device(&self) -> Result<Device> {
         match self {
@@ -120,17 +128,31 @@ impl DeviceSpec {
             #[cfg(feature = "tch")]
             DeviceSpec::LibTorch => Ok(Device::libtorch()),
             #[cfg(feature = "tch")]
-            DeviceSpec::LibTorchCuda(i) => Ok(Device::libtorch_cuda(*i)),
+            DeviceSpec::LibTorchCuda(i) => self.probe(Device::libtorch_cuda(*i)),
             #[cfg(feature = "cuda")]
-            DeviceSpec::Cuda(i) => Ok(Device::cuda(*i)),
+            DeviceSpec::Cuda(i) => self.probe(Device::cuda(*i)),
+            #[cfg(feature = "vulkan")]
+            DeviceSpec::Vulkan(i) => self.probe(Device::vulkan(match i {
+                Some(i) => burn::tensor::DeviceKind::DiscreteGpu(*i),
+                None => burn::tensor::DeviceKind::DefaultDevice,
+            })),
             #[allow(unreachable_patterns)]
             other => Err(Error::invalid(
                 "--device",
                 format!(
-                    "`{other}` needs a build with `--features {}`",
+                    "`{other}` needs a build with `--features {}` (scripts/gpu/build.sh builds one)",
                     other.feature()
                 ),
             )),
+        }
+    }
+
+    /// The GPU's index for memory readings ([`crate::memory::Meter`]); None on the CPU.
+    pub fn gpu_index(&self) -> Option<usize> {
+        match self {
+            DeviceSpec::Flex | DeviceSpec::LibTorch => None,
+            DeviceSpec::LibTorchCuda(i) | DeviceSpec::Cuda(i) => Some(*i),
+            DeviceSpec::Vulkan(i) => Some(i.unwrap_or(0)),
         }
     }
 
@@ -139,6 +161,44 @@ impl DeviceSpec {
             DeviceSpec::Flex => "",
             DeviceSpec::LibTorch | DeviceSpec::LibTorchCuda(_) => "tch",
             DeviceSpec::Cuda(_) => "cuda",
+            DeviceSpec::Vulkan(_) => "vulkan",
+        }
+    }
+
+    /// Starts a GPU device by moving one value there and back. Its backend brings the driver
+    /// up lazily and panics where the driver library, the device or an adapter is missing
+    /// (cudarc's dlopen of libcuda, tch's CUDA check, wgpu's adapter request): that panic
+    /// becomes an error naming the device, with the backend's own words on what is missing.
+    #[allow(dead_code)] // unused in a build without GPU features
+    fn probe(&self, device: Device) -> Result<Device> {
+        let hook = std::panic::take_hook();
+        std::panic::set_hook(Box::new(|_| {}));
+        let started = std::panic::catch_unwind(|| {
+            let t = Tensor::<1>::from_data(
+                TensorData::new(vec![1.0f32], [1]),
+                TensorCreationOptions::new(device.clone()).with_dtype(DType::F32),
+            );
+            to_vec(&t) == [1.0]
+        });
+        std::panic::set_hook(hook);
+        match started {
+            Ok(true) => Ok(device),
+            Ok(false) => Err(Error::invalid(
+                "--device",
+                format!("`{self}`: the device returned a wrong value on a round trip"),
+            )),
+            Err(panic) => {
+                let why = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_else(|| "unknown error".into());
+                let why: String = why.chars().take(600).collect();
+                Err(Error::invalid(
+                    "--device",
+                    format!("`{self}` could not be started (no GPU, driver library or adapter here?): {why}"),
+                ))
+            }
         }
     }
 }
@@ -202,5 +262,29 @@ pub fn check_finite<const D: usize>(t: &Tensor<D>, what: &str) -> Result<()> {
         Ok(())
     } else {
         Err(Error::NonFinite { what: what.into() })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_names_round_trip() {
+        for name in [
+            "flex",
+            "libtorch",
+            "libtorch-cuda:1",
+            "cuda:0",
+            "vulkan",
+            "vulkan:2",
+        ] {
+            let spec: DeviceSpec = name.parse().unwrap();
+            assert_eq!(spec.to_string(), name);
+        }
+        assert_eq!("vulkan".parse::<DeviceSpec>().unwrap().gpu_index(), Some(0));
+        assert_eq!("cuda:3".parse::<DeviceSpec>().unwrap().gpu_index(), Some(3));
+        assert_eq!("flex".parse::<DeviceSpec>().unwrap().gpu_index(), None);
+        assert!("vulkan:".parse::<DeviceSpec>().is_err());
     }
 }

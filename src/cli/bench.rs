@@ -87,19 +87,8 @@ pub fn run(b: &Bench) -> anyhow::Result<()> {
     let schemes: Vec<Scheme> = parse_all(&args.schemes)?;
     let bn: resnet_ode::norm::BnMode = args.bn.parse()?;
     check_json_dir(args.json.as_deref())?;
-    if !resnet_ode::memory::is_counting() {
-        eprintln!("note: heap counting is off; memory columns read 0");
-    }
-    if args.device.device != "flex" {
-        eprintln!(
-            "note: memory columns count Rust heap allocations; {} buffers are not seen",
-            args.device.device
-        );
-    }
-    println!("Measured: peak heap bytes of one training step above the live baseline, minus the");
-    println!(
-        "gradients still held when it returns (measured); step time: median over repetitions."
-    );
+    memory_note(&args.device.device)?;
+    println!("minus the gradients still held when it returns; step time: median over repetitions.");
     println!("device {} dtype {}", args.device.device, args.device.dtype);
     println!(
         "{:<10} {:<6} {:<17} {:>6} {:>12} {:>11} {:>11} {:>10}",
@@ -345,6 +334,21 @@ fn train_configs(a: &TrainBenchArgs) -> anyhow::Result<Vec<TrainBench>> {
     Ok(out)
 }
 
+/// Says what the memory columns count on `device`, and warns where they cannot see its buffers.
+fn memory_note(device: &str) -> anyhow::Result<()> {
+    let meter = resnet_ode::memory::Meter::for_device(device)?;
+    if !meter.is_reading() {
+        eprintln!("note: heap counting is off; memory columns read 0");
+    }
+    if device == "libtorch" {
+        eprintln!(
+            "note: memory columns count Rust heap allocations; LibTorch's CPU buffers are not seen"
+        );
+    }
+    println!("Activation memory: {},", meter.describe());
+    Ok(())
+}
+
 fn train(a: &TrainBenchArgs) -> anyhow::Result<()> {
     let p = a.device.placement()?;
     let configs = train_configs(a)?;
@@ -352,22 +356,11 @@ fn train(a: &TrainBenchArgs) -> anyhow::Result<()> {
         cfg.check()?;
     }
     check_json_dir(a.json.as_deref())?;
-    if !resnet_ode::memory::is_counting() {
-        eprintln!("note: heap counting is off; memory columns read 0");
-    }
-    if a.device.device != "flex" {
-        eprintln!(
-            "note: memory columns count Rust heap allocations; {} buffers are not seen",
-            a.device.device
-        );
-    }
     println!("Training steps (forward, backward, SGD update) on random 3×32×32 images; step time:");
+    println!("median over {} steps after a warm-up.", a.steps);
+    memory_note(&a.device.device)?;
     println!(
-        "median over {} steps after a warm-up; activation memory: heap peak of forward and",
-        a.steps
-    );
-    println!(
-        "backward above the live baseline, minus the gradients. device {} dtype {}",
+        "minus the gradients. device {} dtype {}",
         a.device.device, a.device.dtype
     );
     println!(

@@ -8,6 +8,10 @@
 //! process baseline.) Where the allocator is not installed (library tests, other binaries)
 //! the counters stay at zero and [`is_counting`] says so.
 
+pub mod nvml;
+
+use crate::device::DeviceSpec;
+use crate::Result;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
@@ -131,4 +135,67 @@ pub fn measure_transient<T>(f: impl FnOnce() -> T) -> (T, usize, usize) {
     let held = live_bytes().saturating_sub(base);
     let transient = peak_bytes().saturating_sub(base).saturating_sub(held);
     (out, transient, held)
+}
+
+/// Where a training step's activation memory is read, by device.
+pub enum Meter {
+    /// The counting allocator: exact heap bytes (CPU devices; see the module docs).
+    Host,
+    /// The GPU's memory as NVML reports it (see [`nvml`]): what the backend's caching allocator
+    /// reserved at the step's peak above what the device held just before the step.
+    Gpu(nvml::Nvml),
+}
+
+impl Meter {
+    /// The meter for the device named `device` (`--device`): NVML for the GPU devices.
+    pub fn for_device(device: &str) -> Result<Self> {
+        match device.parse::<DeviceSpec>()?.gpu_index() {
+            Some(index) => Ok(Meter::Gpu(nvml::Nvml::open(index)?)),
+            None => Ok(Meter::Host),
+        }
+    }
+
+    /// Which step of a benchmark the reading comes from. The host counter sees every step
+    /// alike, so the warm-up is skipped. A caching allocator serves a repeated step from the
+    /// blocks it kept from the one before, so on a GPU only the first step shows the memory a
+    /// step needs; that reading also holds the device's first-use costs (kernel modules,
+    /// library workspaces, autotuning scratch), which do not depend on the depth.
+    pub fn reads_first_step(&self) -> bool {
+        matches!(self, Meter::Gpu(_))
+    }
+
+    /// Runs `step`, which must wait for the device before returning, and splits the memory it
+    /// used: its result, the peak bytes above the baseline minus the bytes it still holds, and
+    /// those held bytes. On the host they are measured; on a GPU, where cached blocks hide what
+    /// is still live, `held` gives them (the gradients' size).
+    pub fn measure<T>(
+        &self,
+        step: impl FnOnce() -> T,
+        held: impl FnOnce(&T) -> usize,
+    ) -> (T, usize, usize) {
+        match self {
+            Meter::Host => measure_transient(step),
+            Meter::Gpu(nvml) => {
+                let before = nvml.used();
+                let sampler = nvml::Sampler::start(*nvml);
+                let out = step();
+                let peak = sampler.finish().saturating_sub(before) as usize;
+                let held = held(&out);
+                (out, peak.saturating_sub(held), held)
+            }
+        }
+    }
+
+    /// Whether this meter reads anything in this process.
+    pub fn is_reading(&self) -> bool {
+        matches!(self, Meter::Gpu(_)) || is_counting()
+    }
+
+    /// One line saying what the memory columns count.
+    pub fn describe(&self) -> &'static str {
+        match self {
+            Meter::Host => "peak heap bytes of one training step above the live baseline (counting allocator)",
+            Meter::Gpu(_) => "peak GPU memory in use (NVML, sampled) during the first training step above the device's use just before it",
+        }
+    }
 }

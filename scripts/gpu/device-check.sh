@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# The one prepared command for a lent GPU machine (NVIDIA, CUDA 13 driver, PyTorch 2.11 in its
+# python3, no Rust, no network). Run from the repository root with .gpu/ (scripts/gpu/build.sh)
+# carried along. Its log goes to $OUT/device-check.log and every output file into
+# $OUT/device-check.tar.gz (the device tool returns at most 8 files); default OUT: out/device-check.
+#
+#   scripts/gpu/device-check.sh            # bounded by DEADLINE seconds (default 400) in all
+#
+# Order: environment, correctness (gradcheck on cuda:0 and libtorch-cuda:0 against flex on the
+# same machine; a short digits training), then memory (bench memory: one process per
+# configuration, nothing else on the GPU, since NVML's reading is device-wide), then speed
+# (bench train ours vs bench/pytorch/bench_train.py --device cuda; bench speed). Every step runs
+# under `timeout`, cut to what is left of DEADLINE, so a slow first kernel compilation costs the
+# later steps, not the whole call.
+set -uo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+OUT="${OUT:-out/device-check}"; mkdir -p "$OUT"
+WORK=$(mktemp -d /tmp/device-check.XXXX)
+DEADLINE="${DEADLINE:-400}"; T0=$(date +%s)
+exec > >(tee -a "$OUT/device-check.log") 2>&1
+say() { printf '\n== [%3ds] %s\n' "$(( $(date +%s) - T0 ))" "$*"; }
+# run CAP NAME CMD...: CMD under timeout min(CAP, time left), output to $OUT/NAME.txt and here.
+run() {
+  local cap=$1 name=$2; shift 2
+  local left=$(( DEADLINE - ($(date +%s) - T0) ))
+  (( left > cap )) && left=$cap
+  if (( left < 5 )); then say "SKIP $name (deadline)"; return 0; fi
+  say "$name (timeout ${left}s): $*"
+  timeout -k 5 "$left" "$@" > "$WORK/$name.txt" 2>&1; local rc=$?
+  tail -n 25 "$WORK/$name.txt"; echo "-- rc=$rc"
+}
+
+say "unpack"
+BIN=/tmp/resnet-ode-gpu
+python3 -c "import lzma,shutil;shutil.copyfileobj(lzma.open('.gpu/resnet-ode-cuda.xz'),open('$BIN','wb'))" && chmod +x "$BIN"
+cat .gpu/commit 2>/dev/null
+nvidia-smi -L; nvidia-smi --query-gpu=name,driver_version,memory.total,memory.used --format=csv
+TORCH_DIR=$(python3 -c "import torch,os;print(os.path.dirname(torch.__file__))")
+python3 -c "import torch;print('torch',torch.__version__,torch.version.git_version,'cuda',torch.version.cuda,torch.cuda.is_available())"
+export LD_LIBRARY_PATH="$TORCH_DIR/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+NVCC=$(command -v nvcc || ls /usr/local/cuda/bin/nvcc 2>/dev/null)
+export CUDA_PATH="${CUDA_PATH:-$(dirname "$(dirname "$(readlink -f "$NVCC")")")}"
+ls "$CUDA_PATH"/nvvm/libdevice 2>&1 | head -2
+echo "ldd misses:"; ldd "$BIN" | grep 'not found' || echo "  none"
+grep -m1 'model name' /proc/cpuinfo; nproc
+
+say "correctness: gradcheck --depth 64 (mlp euler/heun, conv euler) on flex, cuda:0, libtorch-cuda:0, in parallel"
+for dev in flex cuda:0 libtorch-cuda:0; do
+  for cfg in "mlp euler" "mlp heun" "conv euler"; do
+    set -- $cfg; tag="gradcheck-${dev%%:*}-$1-$2"
+    run 120 "$tag" "$BIN" gradcheck --depth 64 --residual "$1" --scheme "$2" --device "$dev" --json "$WORK/$tag.json" &
+  done
+done
+for dev in cuda:0 libtorch-cuda:0; do
+  run 120 "train-${dev%%:*}" "$BIN" train --device "$dev" --epochs 3 --out "/tmp/run-${dev%%:*}" &
+done
+run 120 train-flex "$BIN" train --epochs 3 --out /tmp/run-flex &
+wait
+python3 - "$WORK" <<'PY'
+import json, sys, glob, os
+out = sys.argv[1]
+keys = ("max_rel_sq_error", "min_cosine", "reconstruction_error")
+rows = []
+for cfg in ("mlp-euler", "mlp-heun", "conv-euler"):
+    ref_path = f"{out}/gradcheck-flex-{cfg}.json"
+    if not os.path.exists(ref_path):
+        continue
+    ref = json.load(open(ref_path))
+    for dev in ("cuda", "libtorch-cuda"):
+        p = f"{out}/gradcheck-{dev}-{cfg}.json"
+        if not os.path.exists(p):
+            rows.append(f"{cfg:11} {dev:14} missing"); continue
+        r = json.load(open(p))
+        cells = []
+        for k in keys:
+            a, b = ref.get(k), r.get(k)
+            rel = abs(a - b) / max(abs(a), 1e-30) if isinstance(a, (int, float)) and isinstance(b, (int, float)) else float("nan")
+            cells.append(f"{k}={b:.6g} (flex {a:.6g}, rel diff {rel:.1e})" if isinstance(b, (int, float)) else f"{k}=?")
+        rows.append(f"{cfg:11} {dev:14} " + "; ".join(cells))
+print("\n".join(rows))
+open(f"{out}/gradcheck-compare.txt", "w").write("\n".join(rows) + "\n")
+PY
+
+say "memory: bench memory (one process per configuration, first step read through NVML)"
+for dev in cuda:0 libtorch-cuda:0; do
+  run 90 "memory-${dev%%:*}" "$BIN" bench memory --device "$dev" --workloads mlp,conv16 --depths 8,512,4096 \
+    --schemes euler --modes backprop,adjoint --reps 1 --json "$WORK/memory-${dev%%:*}.json"
+done
+
+say "speed: bench train, ours vs PyTorch CUDA (TinyResNet 16/64, ResNet-56)"
+for dev in cuda:0 libtorch-cuda:0; do
+  run 100 "train-bench-${dev%%:*}" "$BIN" bench train --device "$dev" --models tiny,resnet56 --tiny-depths 16,64 \
+    --steps 5 --json "$WORK/train-bench-${dev%%:*}.json"
+done
+run 100 train-bench-pytorch python3 bench/pytorch/bench_train.py --device cuda --models tiny,resnet56 --tiny-depths 16,64 \
+  --steps 5 --json "$WORK/train-bench-pytorch.json"
+for dev in cuda:0 libtorch-cuda:0; do
+  run 60 "speed-${dev%%:*}" "$BIN" bench speed --device "$dev" --workloads mlp,conv16 --depths 8,64 --reps 5 \
+    --json "$WORK/speed-${dev%%:*}.json"
+done
+say "done"
+tar czf "$OUT/device-check.tar.gz" -C "$WORK" . && ls -la "$OUT"
