@@ -173,13 +173,13 @@ impl DeviceSpec {
     fn probe(&self, device: Device) -> Result<Device> {
         let hook = std::panic::take_hook();
         std::panic::set_hook(Box::new(|_| {}));
-        let started = std::panic::catch_unwind(|| {
+        let started = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             let t = Tensor::<1>::from_data(
                 TensorData::new(vec![1.0f32], [1]),
                 TensorCreationOptions::new(device.clone()).with_dtype(DType::F32),
             );
             to_vec(&t) == [1.0]
-        });
+        }));
         std::panic::set_hook(hook);
         match started {
             Ok(true) => Ok(device),
