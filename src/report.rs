@@ -64,12 +64,15 @@ pub fn write_csv(path: &Path, header: &[&str], rows: &[Vec<String>]) -> Result<(
 /// Creates `dir` and proves it is writable by creating and removing a probe file, so that a bad
 /// `--out` fails before an experiment runs rather than after.
 pub fn ensure_writable_dir(dir: &Path) -> Result<()> {
+    ensure_writable_dir_for(dir, "--out")
+}
+
+/// [`ensure_writable_dir`] for a directory that `flag` named.
+pub fn ensure_writable_dir_for(dir: &Path, flag: &str) -> Result<()> {
     let fail = |e: std::io::Error| {
         Error::file(
             dir,
-            format!(
-                "output directory (--out) is not usable: {e}; pass a writable directory with --out"
-            ),
+            format!("directory of {flag} is not usable: {e}; pass a writable path with {flag}"),
         )
     };
     fs::create_dir_all(dir).map_err(fail)?;

@@ -1,6 +1,6 @@
 //! `resnet-ode bench memory|speed`: one training step per configuration, table and JSON.
 
-use super::DeviceArgs;
+use super::{parse_list, DeviceArgs};
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use resnet_ode::bench::{measure, BenchConfig, BenchRecord, Workload};
@@ -82,9 +82,9 @@ pub fn run(b: &Bench) -> anyhow::Result<()> {
     if depths.contains(&0) {
         anyhow::bail!("invalid --depths: 0: every depth must be at least 1");
     }
-    let workloads: Vec<Workload> = parse_all(&args.workloads)?;
-    let modes: Vec<GradMode> = parse_all(&args.modes)?;
-    let schemes: Vec<Scheme> = parse_all(&args.schemes)?;
+    let workloads: Vec<Workload> = parse_list("--workloads", &args.workloads)?;
+    let modes: Vec<GradMode> = parse_list("--modes", &args.modes)?;
+    let schemes: Vec<Scheme> = parse_list("--schemes", &args.schemes)?;
     let bn: resnet_ode::norm::BnMode = args.bn.parse()?;
     check_json_dir(args.json.as_deref())?;
     memory_note(&args.device.device)?;
@@ -241,16 +241,10 @@ fn in_child<R: serde::de::DeserializeOwned>(args: &[String]) -> anyhow::Result<R
 fn check_json_dir(json: Option<&std::path::Path>) -> anyhow::Result<()> {
     if let Some(dir) = json.and_then(std::path::Path::parent) {
         if !dir.as_os_str().is_empty() {
-            resnet_ode::report::ensure_writable_dir(dir).context("--json")?;
+            resnet_ode::report::ensure_writable_dir_for(dir, "--json")?;
         }
     }
     Ok(())
-}
-
-fn parse_all<T: std::str::FromStr<Err = resnet_ode::Error>>(
-    v: &[String],
-) -> anyhow::Result<Vec<T>> {
-    Ok(v.iter().map(|s| s.parse()).collect::<Result<Vec<T>, _>>()?)
 }
 
 fn print_row(r: &BenchRecord) {
@@ -305,9 +299,9 @@ pub struct TrainBenchArgs {
 
 /// Every configuration `a` names: each model × scheme × mode (× depth for TinyResNet).
 fn train_configs(a: &TrainBenchArgs) -> anyhow::Result<Vec<TrainBench>> {
-    let models: Vec<BenchModel> = parse_all(&a.models)?;
-    let modes: Vec<GradMode> = parse_all(&a.modes).context("--modes")?;
-    let schemes: Vec<Scheme> = parse_all(&a.schemes).context("--schemes")?;
+    let models: Vec<BenchModel> = parse_list("--models", &a.models)?;
+    let modes: Vec<GradMode> = parse_list("--modes", &a.modes)?;
+    let schemes: Vec<Scheme> = parse_list("--schemes", &a.schemes)?;
     let mut out = Vec::new();
     for &model in &models {
         let (depths, schemes) = match model {

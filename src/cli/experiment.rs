@@ -2,7 +2,7 @@
 //! depth sweep from [`resnet_ode::experiments`], writes CSV, JSON, PNG and SVG files and a report
 //! into `--out`, and prints its table with the fitted slopes beside the expected ones.
 
-use anyhow::Context;
+use super::parse_list;
 use clap::{Args, Subcommand};
 use resnet_ode::analysis::neural_ode::Interpolation;
 use resnet_ode::experiments::{
@@ -245,8 +245,8 @@ impl DepthSweepArgs {
         Ok(depth_sweep::Config {
             train,
             depths: self.depths.clone(),
-            schemes: parse_all(&self.schemes).context("--schemes")?,
-            modes: parse_all(&self.modes).context("--modes")?,
+            schemes: parse_list("--schemes", &self.schemes)?,
+            modes: parse_list("--modes", &self.modes)?,
             seeds: (0..self.seeds as u64)
                 .map(|k| self.seed.wrapping_add(k))
                 .collect(),
@@ -307,13 +307,20 @@ pub fn run(e: &Experiment) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Checks `out` is writable, runs, writes the report last, prints.
+/// Checks `out` is writable, runs, writes the report last, prints. A run rejected before it
+/// wrote anything (a bad flag) leaves no empty `out` behind.
 fn single(
     out: &Path,
     work: impl FnOnce(bool) -> resnet_ode::Result<Outcome>,
 ) -> anyhow::Result<()> {
+    let existed = out.exists();
     ensure_writable_dir(out)?;
-    let outcome = work(true)?;
+    let outcome = work(true).inspect_err(|_| {
+        if !existed {
+            // Only an empty directory is removed: nothing written is lost.
+            let _ = std::fs::remove_dir(out);
+        }
+    })?;
     write_outcome(out, &outcome)?;
     print_outcome(&outcome);
     println!("report: {}", out.join("report.md").display());
@@ -329,18 +336,9 @@ fn print_outcome(o: &Outcome) {
     );
 }
 
-fn parse_all<T: std::str::FromStr<Err = resnet_ode::Error>>(
-    values: &[String],
-) -> anyhow::Result<Vec<T>> {
-    Ok(values
-        .iter()
-        .map(|s| s.parse::<T>())
-        .collect::<Result<Vec<T>, _>>()?)
-}
-
 fn ode_distance_config(a: &OdeDistanceArgs) -> anyhow::Result<ode_distance::Config> {
     Ok(ode_distance::Config {
-        families: parse_all::<Family>(&a.families)?,
+        families: parse_list::<Family>("--families", &a.families)?,
         depths: a.common.depths(8, 1024),
         seed: a.common.seed,
         seeds: a.seeds,
@@ -378,8 +376,8 @@ fn adjoint_config(a: &AdjointArgs) -> anyhow::Result<adjoint::Config> {
         .collect::<Result<Vec<_>, _>>()?;
     Ok(adjoint::Config {
         kinds,
-        schemes: parse_all::<Scheme>(&a.schemes)?,
-        families: parse_all::<Family>(&a.families)?,
+        schemes: parse_list::<Scheme>("--schemes", &a.schemes)?,
+        families: parse_list::<Family>("--families", &a.families)?,
         depths: a.common.depths(16, 256),
         seed: a.common.seed,
         batch: a.batch,

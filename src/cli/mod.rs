@@ -52,6 +52,22 @@ impl DeviceArgs {
     }
 }
 
+/// Parses every value of a list flag (`--modes a,b`), naming that flag in the error: the value
+/// parsers name the single-value flag they usually serve (`--grad`, `--scheme`, `--weights`).
+pub fn parse_list<T: std::str::FromStr<Err = resnet_ode::Error>>(
+    flag: &str,
+    values: &[String],
+) -> anyhow::Result<Vec<T>> {
+    let relabel = |e: resnet_ode::Error| match e {
+        resnet_ode::Error::Invalid { msg, .. } => resnet_ode::Error::invalid(flag, msg),
+        other => other,
+    };
+    Ok(values
+        .iter()
+        .map(|s| s.parse::<T>().map_err(relabel))
+        .collect::<Result<Vec<T>, _>>()?)
+}
+
 /// Parse the command line and run it.
 pub fn run() -> anyhow::Result<()> {
     match Cli::parse().command {

@@ -136,12 +136,12 @@ pub fn run(cfg: &Config, measure: Measure, show_progress: bool) -> Result<Data> 
         1
     };
     check_depths(&cfg.depths, min)?;
-    if cfg.batch == 0 || cfg.mlp_dim == 0 || cfg.mlp_hidden == 0 || cfg.channels == 0 {
-        return Err(Error::invalid(
-            measure.name(),
-            "--batch, --dim, --hidden and --channels must be at least 1",
-        ));
-    }
+    super::check_sizes(&[
+        ("--batch", cfg.batch),
+        ("the MLP width (Config::mlp_dim)", cfg.mlp_dim),
+        ("the MLP hidden width (Config::mlp_hidden)", cfg.mlp_hidden),
+        ("--channels", cfg.channels),
+    ])?;
     let p = f64_placement();
     let images = if cfg.kinds.contains(&Kind::Conv) {
         Some(lifted_digits(&p, cfg)?)

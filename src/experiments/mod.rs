@@ -52,6 +52,14 @@ pub fn check_depths(depths: &[usize], min: usize) -> Result<()> {
     Ok(())
 }
 
+/// Rejects the first size below 1, naming it (`("--seeds", 0)` → "invalid --seeds: …").
+pub fn check_sizes(sizes: &[(&str, usize)]) -> Result<()> {
+    match sizes.iter().find(|(_, v)| *v == 0) {
+        Some((name, _)) => Err(Error::invalid(*name, "must be at least 1")),
+        None => Ok(()),
+    }
+}
+
 /// Powers of two from `min` to `max` inclusive (the default depth sweeps).
 pub fn powers_of_two(min: usize, max: usize) -> Vec<usize> {
     let mut v = Vec::new();

@@ -77,12 +77,12 @@ pub struct Data {
 /// Runs the sweep (f64). Errors on a bad setting before any work.
 pub fn run(cfg: &Config, show_progress: bool) -> Result<Data> {
     check_depths(&cfg.depths, 1)?;
-    if cfg.seeds == 0 || cfg.batch == 0 || cfg.dim == 0 || cfg.hidden == 0 {
-        return Err(crate::Error::invalid(
-            "ode-distance sizes",
-            "--seeds, --batch, --dim and --hidden must be at least 1",
-        ));
-    }
+    super::check_sizes(&[
+        ("--seeds", cfg.seeds),
+        ("--batch", cfg.batch),
+        ("the MLP width (Config::dim)", cfg.dim),
+        ("the MLP hidden width (Config::hidden)", cfg.hidden),
+    ])?;
     let jobs = cfg.families.len() * cfg.depths.len() * cfg.seeds;
     let bar = progress(jobs as u64, "ode-distance", show_progress);
     let mut rows = Vec::new();

@@ -149,7 +149,13 @@ impl ModelSpec {
         if self.original && mode != GradMode::Backprop {
             return Err(Error::invalid("--grad", format!("{mode}: the unscaled original (--original) applies a ReLU after every addition, which cannot be inverted; use --grad backprop")));
         }
-        if self.arch == Arch::Tiny && (self.planes == 0 || self.stack_depth()? == 0) {
+        if self.arch == Arch::Tiny && self.planes == 0 {
+            return Err(Error::invalid(
+                "--planes",
+                "TinyResNet needs at least one channel",
+            ));
+        }
+        if self.arch == Arch::Tiny && self.stack_depth()? == 0 {
             return Err(Error::invalid(
                 "--depth",
                 "TinyResNet needs at least one residual function",
