@@ -36,6 +36,45 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// Serde for an `f64` that may be NaN or infinite (a diverged loss): JSON has no such numbers
+/// and serde_json writes them as `null`, which then fails to read back as `f64`. Finite values
+/// stay numbers; the others are the strings `"NaN"`, `"inf"` and `"-inf"`. `null` (written by
+/// earlier versions) reads back as NaN. Use with `#[serde(with = "crate::report::float_json")]`.
+pub mod float_json {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+        match *v {
+            v if v.is_finite() => s.serialize_f64(v),
+            v if v.is_nan() => s.serialize_str("NaN"),
+            v if v > 0.0 => s.serialize_str("inf"),
+            _ => s.serialize_str("-inf"),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Stored {
+            Number(f64),
+            Text(String),
+            Null(()),
+        }
+        match Stored::deserialize(d)? {
+            Stored::Number(v) => Ok(v),
+            Stored::Null(()) => Ok(f64::NAN),
+            Stored::Text(t) => match t.as_str() {
+                "NaN" => Ok(f64::NAN),
+                "inf" => Ok(f64::INFINITY),
+                "-inf" => Ok(f64::NEG_INFINITY),
+                other => Err(serde::de::Error::custom(format!(
+                    "`{other}`: expected a number, \"NaN\", \"inf\" or \"-inf\""
+                ))),
+            },
+        }
+    }
+}
+
 /// Serializes `value` as pretty-printed JSON and writes it atomically.
 pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
     let mut text = serde_json::to_string_pretty(value)
@@ -292,6 +331,25 @@ fn sync_dir(dir: &Path) {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn non_finite_floats_round_trip_through_json() {
+        #[derive(serde::Serialize, serde::Deserialize)]
+        struct M {
+            #[serde(with = "super::float_json")]
+            v: f64,
+        }
+        for v in [1.5, f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+            let text = serde_json::to_string(&M { v }).unwrap();
+            assert!(!text.contains("null"), "{text}");
+            let back: M = serde_json::from_str(&text).unwrap();
+            assert!(back.v == v || (v.is_nan() && back.v.is_nan()), "{text}");
+        }
+        let old: M = serde_json::from_str(r#"{"v":null}"#).unwrap();
+        assert!(old.v.is_nan(), "null from earlier versions reads as NaN");
+        assert!(serde_json::from_str::<M>(r#"{"v":"x"}"#).is_err());
+    }
+
     use super::*;
 
     fn temp_dir(tag: &str) -> PathBuf {

@@ -63,7 +63,12 @@ TORCH_DIR="$CACHE/torch$TORCH_VERSION"
 if [ ! -f "$TORCH_DIR/torch/lib/libtorch_cuda.so" ]; then
   say "unpacking torch/include and torch/lib"
   rm -rf "$TORCH_DIR"; mkdir -p "$TORCH_DIR"
-  (cd "$TORCH_DIR" && unzip -q "$CACHE"/wheels/torch-"$TORCH_VERSION"-cp312-*.whl 'torch/include/*' 'torch/lib/*' 'torch/share/*' 'torch/version.py')
+  "$PY" - "$TORCH_DIR" "$CACHE"/wheels/torch-"$TORCH_VERSION"-cp312-*.whl <<'PYEOF'
+import sys, zipfile
+wanted = ("torch/include/", "torch/lib/", "torch/share/", "torch/version.py")
+with zipfile.ZipFile(sys.argv[2]) as z:
+    z.extractall(sys.argv[1], [n for n in z.namelist() if n.startswith(wanted)])
+PYEOF
 fi
 grep -h "__version__\|git_version" "$TORCH_DIR/torch/version.py"
 

@@ -151,15 +151,22 @@ pub struct TrainOptions {
 pub struct EpochMetrics {
     /// 1-based.
     pub epoch: usize,
+    #[serde(with = "crate::report::float_json")]
     pub train_loss: f64,
+    #[serde(with = "crate::report::float_json")]
     pub train_acc: f64,
+    #[serde(with = "crate::report::float_json")]
     pub test_loss: f64,
+    #[serde(with = "crate::report::float_json")]
     pub test_acc: f64,
+    #[serde(with = "crate::report::float_json")]
     pub images_per_sec: f64,
     pub activation_peak_bytes: usize,
     /// Learning rate of the epoch's last step.
+    #[serde(with = "crate::report::float_json")]
     pub lr: f64,
     /// Wall-clock seconds of the training part of the epoch.
+    #[serde(with = "crate::report::float_json")]
     pub seconds: f64,
 }
 
@@ -376,6 +383,14 @@ impl<'a> Run<'a> {
     fn epoch_step(&mut self, model: Model, data: &Prepared, progress: bool) -> Result<Model> {
         let (model, train) = self.train_epoch(model, data, progress)?;
         let (test_loss, test_acc) = evaluate(&model, &data.test, self.p)?;
+        if !test_loss.is_finite() {
+            // A finite training loss can hide a diverged model (a NaN in the weights or running
+            // statistics shows only in evaluation): the epoch is not kept.
+            return Err(self.diverged(format!(
+                "the test loss after epoch {} ({test_loss})",
+                self.epoch + 1
+            )));
+        }
         let metrics = EpochMetrics {
             epoch: self.epoch + 1,
             test_loss,
@@ -457,6 +472,17 @@ impl<'a> Run<'a> {
 
     /// The error for a non-finite loss at step `k`, naming the checkpoint that stays in force.
     fn non_finite(&self, k: usize, steps: usize) -> Error {
+        self.diverged(format!(
+            "the training loss at epoch {}, step {} of {steps} (global step {})",
+            self.epoch + 1,
+            k + 1,
+            self.epoch * steps + k + 1
+        ))
+    }
+
+    /// The error for a diverged run (`what` went non-finite), naming the checkpoint that stays
+    /// in force.
+    fn diverged(&self, what: String) -> Error {
         let kept = match (&self.out, &self.saved) {
             (Some(dir), Some(s)) => format!(
                 "the last good checkpoint, {}, is kept",
@@ -466,12 +492,7 @@ impl<'a> Run<'a> {
             (None, _) => "no run directory was given".into(),
         };
         Error::NonFinite {
-            what: format!(
-                "the training loss at epoch {}, step {} of {steps} (global step {}); {kept}; try a lower --lr",
-                self.epoch + 1,
-                k + 1,
-                self.epoch * steps + k + 1
-            ),
+            what: format!("{what}; {kept}; try a lower --lr"),
         }
     }
 
