@@ -37,6 +37,7 @@ use burn::optim::GradientsParams;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -140,7 +141,8 @@ pub struct TrainOptions {
     pub out: Option<PathBuf>,
     /// Continue the run in `out` from its last checkpoint (a fresh start if it has none).
     pub resume: bool,
-    /// Show a progress bar.
+    /// Report progress: one line per epoch on stdout (always readable in a log file) and, when
+    /// stderr is a terminal, a bar during each epoch.
     pub progress: bool,
     /// Stop after this many epochs of this call, leaving a resumable run (a time-boxed job).
     pub stop_after: Option<usize>,
@@ -242,8 +244,18 @@ pub fn train_on(
     let stop = options
         .stop_after
         .map_or(config.epochs, |n| (run.epoch + n).min(config.epochs));
+    let (started, first) = (Instant::now(), run.epoch);
     while run.epoch < stop {
         model = run.epoch_step(model, &data, options.progress)?;
+        if options.progress {
+            report_epoch(
+                &run.history,
+                config.epochs,
+                started,
+                run.epoch - first,
+                stop - run.epoch,
+            );
+        }
     }
     Ok(TrainResult {
         history: run.history,
@@ -453,7 +465,8 @@ impl<'a> Run<'a> {
             ));
             bar.inc(1);
         }
-        bar.finish();
+        // Cleared, so the epoch's line starts on a line of its own.
+        bar.finish_and_clear();
         let seconds = start.elapsed().as_secs_f64();
         let n = seen.max(1) as f64;
         let metrics = EpochMetrics {
@@ -598,8 +611,32 @@ pub fn load_run(dir: &Path, p: &Placement) -> Result<(RunRecord, TrainState, Mod
     Ok((record, state, model))
 }
 
+/// Prints the epoch just finished: train and test loss and accuracy, speed, time so far (this
+/// call: `done` epochs since `started`) and the estimated time for the `left` epochs to come.
+fn report_epoch(
+    history: &[EpochMetrics],
+    epochs: usize,
+    started: Instant,
+    done: usize,
+    left: usize,
+) {
+    let Some(m) = history.last() else { return };
+    let elapsed = started.elapsed().as_secs_f64();
+    let eta = elapsed / done.max(1) as f64 * left as f64;
+    println!(
+        "epoch {}/{epochs}: train loss {:.4} acc {:.2}% | test loss {:.4} acc {:.2}% | {:.0} img/s | elapsed {elapsed:.1} s, ETA {eta:.1} s",
+        m.epoch,
+        m.train_loss,
+        100.0 * m.train_acc,
+        m.test_loss,
+        100.0 * m.test_acc,
+        m.images_per_sec
+    );
+}
+
+/// The bar of one epoch's steps: only on a terminal (a log file gets [`report_epoch`]'s lines).
 fn progress_bar(show: bool, steps: usize, epoch: usize, epochs: usize) -> ProgressBar {
-    if !show {
+    if !show || !std::io::stderr().is_terminal() {
         return ProgressBar::hidden();
     }
     let style = ProgressStyle::with_template("{prefix} [{bar:24}] {pos}/{len} {msg}")
