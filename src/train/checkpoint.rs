@@ -86,6 +86,28 @@ pub fn commit(dir: &Path, state: &TrainState, previous: Option<&TrainState>) -> 
     Ok(())
 }
 
+/// Brings a run directory in line with its `state.json`, which is the truth (it is written
+/// last): `metrics.jsonl` rewritten from its history (a kill between the two writes left it a
+/// line short), and the files a kill orphaned removed: checkpoints the state does not name and
+/// the temporary files of interrupted atomic writes.
+pub fn repair(dir: &Path, state: &TrainState) -> Result<()> {
+    write_metrics(dir, &state.history)?;
+    let entries =
+        std::fs::read_dir(dir).map_err(|e| Error::file(dir, format!("cannot list: {e}")))?;
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let checkpoint = (name.starts_with("model-") || name.starts_with("optimizer-"))
+            && name.ends_with(".safetensors");
+        let live = name == state.weights || name == state.buffers;
+        let interrupted = name.starts_with('.') && name.contains(".tmp.");
+        if (checkpoint && !live) || interrupted {
+            // Best effort: a leftover file is harmless, the state names the live ones.
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+    Ok(())
+}
+
 /// `metrics.jsonl`: one JSON object per epoch.
 pub fn write_metrics(dir: &Path, history: &[EpochMetrics]) -> Result<()> {
     let path = dir.join(METRICS_FILE);

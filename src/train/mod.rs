@@ -315,6 +315,12 @@ impl<'a> Run<'a> {
     ) -> Result<(Self, Model)> {
         let out = options.out.clone();
         if let Some(dir) = &out {
+            if options.resume && !dir.join(RUN_FILE).exists() {
+                return Err(Error::invalid(
+                    "--resume",
+                    format!("{} holds no run to resume (no {RUN_FILE}); check --out, or drop --resume to start one", dir.display()),
+                ));
+            }
             if dir.join(STATE_FILE).exists() {
                 if !options.resume {
                     return Err(Error::invalid("--out", format!("{} already holds a run: pass --resume to continue it, or choose another --out", dir.display())));
@@ -370,6 +376,7 @@ impl<'a> Run<'a> {
             ));
         }
         let state: TrainState = read_json(&dir.join(STATE_FILE))?;
+        checkpoint::repair(dir, &state)?;
         let model = load_model(&record, p, &dir.join(&state.weights))?;
         let optimizer = Optimizer::load(
             config.optimizer.clone(),
