@@ -44,3 +44,37 @@ fn a_diverged_run_keeps_a_loadable_checkpoint() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A run that fails before its first checkpoint (a setting the model rejects, divergence in
+/// epoch 1) leaves no directory holding only `run.json`.
+#[test]
+fn a_run_failing_before_its_first_checkpoint_leaves_nothing() {
+    let bin = env!("CARGO_BIN_EXE_resnet-ode");
+    let cases: &[&[&str]] = &[
+        &["--depth", "1", "--scheme", "heun"],
+        &[
+            "--lr",
+            "1e12",
+            "--epochs",
+            "1",
+            "--limit-train",
+            "128",
+            "--limit-test",
+            "64",
+        ],
+    ];
+    for (i, extra) in cases.iter().enumerate() {
+        let dir =
+            std::env::temp_dir().join(format!("resnet-ode-unfinished-{}-{i}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let out = Command::new(bin)
+            .arg("train")
+            .args(*extra)
+            .arg("--out")
+            .arg(&dir)
+            .output()
+            .expect("run resnet-ode");
+        assert!(!out.status.success(), "{extra:?}");
+        assert!(!dir.exists(), "{extra:?} left {}", dir.display());
+    }
+}

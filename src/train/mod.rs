@@ -246,7 +246,9 @@ pub fn train_on(
         .map_or(config.epochs, |n| (run.epoch + n).min(config.epochs));
     let (started, first) = (Instant::now(), run.epoch);
     while run.epoch < stop {
-        model = run.epoch_step(model, &data, options.progress)?;
+        model = run
+            .epoch_step(model, &data, options.progress)
+            .inspect_err(|_| run.discard_unfinished())?;
         if options.progress {
             report_epoch(
                 &run.history,
@@ -292,6 +294,16 @@ struct Run<'a> {
     epoch: usize,
     /// The last committed checkpoint.
     saved: Option<TrainState>,
+    /// What this call created in `out` for a fresh run (see [`Run::discard_unfinished`]).
+    created: Created,
+}
+
+/// What a fresh run created: nothing, its `run.json`, or also the directory itself.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Created {
+    Nothing,
+    RunFile,
+    Directory,
 }
 
 /// Creates run directory `dir` with its `run.json` (a bad `--out` fails before any training).
@@ -327,17 +339,29 @@ impl<'a> Run<'a> {
                 }
                 return Self::resume(config, p, dir, data);
             }
-            new_run_dir(dir, config, data)?;
         } else if options.resume {
             return Err(Error::invalid(
                 "--resume",
                 "needs the run directory (--out)",
             ));
         }
+        // The model first: a setting it rejects leaves no run directory behind.
         let model =
             config
                 .model
                 .init(p, data.input, &mut Rng::derive(config.seed, "model init"))?;
+        let created = match &out {
+            Some(dir) => {
+                let existed = dir.exists();
+                new_run_dir(dir, config, data)?;
+                if existed {
+                    Created::RunFile
+                } else {
+                    Created::Directory
+                }
+            }
+            None => Created::Nothing,
+        };
         let run = Self {
             config,
             p,
@@ -347,6 +371,7 @@ impl<'a> Run<'a> {
             history: Vec::new(),
             epoch: 0,
             saved: None,
+            created,
         };
         Ok((run, model))
     }
@@ -394,6 +419,7 @@ impl<'a> Run<'a> {
             history: state.history.clone(),
             epoch: state.epoch,
             saved: Some(state),
+            created: Created::Nothing,
         };
         Ok((run, model))
     }
@@ -488,6 +514,26 @@ impl<'a> Run<'a> {
             seconds,
         };
         Ok((model, metrics))
+    }
+
+    /// After a failure before the first checkpoint (divergence in epoch 1, a full disk), removes
+    /// what this fresh run created, so no directory holding only `run.json` (and perhaps a
+    /// half-written checkpoint) is left behind; a run that has a checkpoint keeps everything.
+    fn discard_unfinished(&self) {
+        let (Some(dir), None) = (&self.out, &self.saved) else {
+            return;
+        };
+        if self.created == Created::Nothing {
+            return;
+        }
+        let (weights, buffers) = checkpoint::file_names(self.epoch.max(1));
+        for name in [RUN_FILE, &weights, &buffers] {
+            let _ = std::fs::remove_file(dir.join(name));
+        }
+        if self.created == Created::Directory {
+            // Only if empty: anything else in it is not ours to delete.
+            let _ = std::fs::remove_dir(dir);
+        }
     }
 
     /// The error for a non-finite loss at step `k`, naming the checkpoint that stays in force.
