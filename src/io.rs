@@ -16,7 +16,31 @@ pub fn save_weights<M: Module + ModuleSnapshot>(module: &M, path: &Path) -> Resu
     let bytes = store
         .get_bytes()
         .map_err(|e| Error::file(path, format!("cannot serialise weights: {e}")))?;
-    write_atomic(path, &bytes)
+    write_atomic(path, &canonical_header(bytes, path)?)
+}
+
+/// The same safetensors file with its JSON header's keys sorted. burn-store keeps the header's
+/// `__metadata__` in a hash map, so two saves of the same weights differed in its order; with
+/// sorted keys identical runs write byte-identical checkpoints (a checksum proves a
+/// reproduction). The tensor data is untouched: its offsets count from the end of the header.
+fn canonical_header(bytes: Vec<u8>, path: &Path) -> Result<Vec<u8>> {
+    let bad = || Error::file(path, "serialised weights lack a safetensors header");
+    let len = bytes
+        .get(..8)
+        .and_then(|b| b.try_into().ok())
+        .map(u64::from_le_bytes)
+        .ok_or_else(bad)? as usize;
+    let header = bytes.get(8..8 + len).ok_or_else(bad)?;
+    // serde_json's map is ordered by key (no `preserve_order` feature).
+    let value: serde_json::Value = serde_json::from_slice(header).map_err(|_| bad())?;
+    let mut sorted = serde_json::to_vec(&value).map_err(|_| bad())?;
+    // Safetensors pads the header with spaces to a multiple of 8 bytes.
+    sorted.resize(sorted.len().next_multiple_of(8), b' ');
+    let mut out = Vec::with_capacity(8 + sorted.len() + bytes.len() - 8 - len);
+    out.extend_from_slice(&(sorted.len() as u64).to_le_bytes());
+    out.extend_from_slice(&sorted);
+    out.extend_from_slice(&bytes[8 + len..]);
+    Ok(out)
 }
 
 /// Load weights from `path` into `module`, which must have exactly the same structure.
@@ -39,4 +63,37 @@ pub fn load_weights<M: Module + ModuleSnapshot>(mut module: M, path: &Path) -> R
         ));
     }
     Ok(module)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::device::{Placement, Precision};
+    use crate::residual::{Activation, MlpConfig};
+    use crate::rng::Rng;
+
+    #[test]
+    fn saved_weights_are_byte_identical_and_load_back() {
+        let p = Placement::flex(Precision::F32);
+        let cfg = MlpConfig {
+            dim: 4,
+            hidden: 3,
+            activation: Activation::Tanh,
+        };
+        let m = cfg.init(&p, &mut Rng::new(3));
+        let dir = std::env::temp_dir().join(format!("resnet-ode-io-{}", std::process::id()));
+        let files: Vec<_> = (0..4)
+            .map(|i| dir.join(format!("w{i}.safetensors")))
+            .collect();
+        for f in &files {
+            save_weights(&m, f).unwrap();
+        }
+        let first = std::fs::read(&files[0]).unwrap();
+        for f in &files[1..] {
+            assert_eq!(std::fs::read(f).unwrap(), first, "{}", f.display());
+        }
+        let again = load_weights(cfg.init(&p, &mut Rng::new(4)), &files[0]);
+        assert!(again.is_ok(), "{:?}", again.err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
