@@ -165,6 +165,10 @@ pub struct Claim {
     pub tolerance: f64,
     /// Whether the measurement supports the claim.
     pub holds: bool,
+    /// A one-sided claim: the measured slope must not exceed `expected_slope + tolerance`
+    /// (reports show it as "≤ bound", not "± tolerance").
+    #[serde(default)]
+    pub upper_bound: bool,
     /// How it was measured (setting, depths, seeds).
     pub detail: String,
 }
@@ -185,6 +189,7 @@ impl Claim {
             tol,
             detail,
             (measured - expected).abs() <= tol,
+            false,
         )
     }
 
@@ -204,7 +209,24 @@ impl Claim {
             tol,
             detail,
             measured <= bound_slope + tol,
+            true,
         )
+    }
+
+    /// The expected value and tolerance as shown in reports: `-1.000` and `0.300` for a rate,
+    /// `≤ -0.700` and `one-sided` for a bound.
+    pub fn expected_cells(&self) -> (String, String) {
+        if self.upper_bound {
+            (
+                format!("≤ {:.3}", self.expected_slope + self.tolerance),
+                "one-sided".into(),
+            )
+        } else {
+            (
+                format!("{:.3}", self.expected_slope),
+                format!("{:.3}", self.tolerance),
+            )
+        }
     }
 
     fn with_holds(
@@ -214,6 +236,7 @@ impl Claim {
         tol: f64,
         detail: impl Into<String>,
         holds: bool,
+        upper_bound: bool,
     ) -> Self {
         Claim {
             claim: claim.into(),
@@ -221,6 +244,7 @@ impl Claim {
             expected_slope: expected,
             tolerance: tol,
             holds,
+            upper_bound,
             detail: detail.into(),
         }
     }
@@ -241,12 +265,11 @@ fn markdown(title: &str, claims: &[Claim], extra: &str) -> String {
     md.push_str("| claim | measured slope | expected slope | tolerance | holds |\n");
     md.push_str("|---|---:|---:|---:|---|\n");
     for c in claims {
+        let (expected, tolerance) = c.expected_cells();
         md.push_str(&format!(
-            "| {} | {:.3} | {:.3} | {:.3} | {} |\n",
+            "| {} | {:.3} | {expected} | {tolerance} | {} |\n",
             c.claim.replace('|', "\\|"),
             c.measured_slope,
-            c.expected_slope,
-            c.tolerance,
             if c.holds { "yes" } else { "**no**" }
         ));
     }
@@ -443,6 +466,11 @@ mod tests {
         assert!(md.starts_with("# Title\n"));
         assert!(md.contains("| a \\| b | -1.000 | -1.000 | 0.100 | yes |"));
         assert!(md.contains("**no**") && md.ends_with("Notes.\n"));
+        // A bound is shown as one: "≤ -0.900", never "-1.000 ± 0.100".
+        assert!(
+            md.contains("| c | 0.000 | ≤ -0.900 | one-sided | **no** |"),
+            "{md}"
+        );
         let back: Vec<Claim> =
             serde_json::from_str(&fs::read_to_string(dir.join("report.json")).unwrap()).unwrap();
         assert_eq!(back, claims);

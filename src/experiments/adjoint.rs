@@ -339,7 +339,9 @@ pub fn claims(data: &Data) -> Vec<Claim> {
             let ns: Vec<usize> = rows.iter().map(|r| r.depth).collect();
             let ys: Vec<f64> = rows.iter().map(|r| r.error).collect();
             let reference = match (kind.as_str(), reference(s, f)) {
-                ("mlp", Some(v)) => format!("; reference slope {v:.1} (paper.md §2)"),
+                ("mlp", Some(v)) => {
+                    format!("; reference slope {v:.1} (Sander, Ablin & Peyré, NeurIPS 2022)")
+                }
                 _ => String::new(),
             };
             Some(Claim::bound(

@@ -202,7 +202,7 @@ pub fn claims(data: &Data) -> Vec<Claim> {
             slope(&ns, &dist),
             -1.0,
             0.3,
-            "max over training steps and depth positions; reference slope −1.08 (paper.md §2)",
+            "max over training steps and depth positions; reference slope −1.08 (Sander, Ablin & Peyré, NeurIPS 2022)",
         ),
         Claim::new(
             "linear ResNet under GD: smoothness max_n ‖A_{n+1} − A_n‖·N stays bounded in N",

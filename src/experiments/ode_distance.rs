@@ -190,7 +190,7 @@ pub fn claims(data: &Data) -> Vec<Claim> {
                 s,
                 -1.0,
                 tol,
-                "final distance; reference −1.03 (paper.md §2)",
+                "final distance; reference −1.03 (Sander, Ablin & Peyré, NeurIPS 2022)",
             ),
             Ok(Family::Piecewise(k)) => Claim::new(
                 format!("ResNet→ODE distance, piecewise:{k} weights: O(1/N) once N ≫ K"),
@@ -204,7 +204,7 @@ pub fn claims(data: &Data) -> Vec<Claim> {
                 s,
                 0.0,
                 tol,
-                "vanishes slowly like a random walk; reference −0.53 (paper.md §2)",
+                "vanishes slowly like a random walk; reference −0.53 (Sander, Ablin & Peyré, NeurIPS 2022)",
             ),
             _ => Claim::new(
                 "ResNet→ODE distance, alternating weights: does not vanish (tight)",
