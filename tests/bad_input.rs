@@ -70,3 +70,19 @@ fn bad_flags_name_the_flag() {
         assert!(!out.exists(), "{args:?}: a rejected run leaves no {out_s}");
     }
 }
+
+/// `resnet-ode … | head` closes the pipe early: the command must end without a panic.
+#[test]
+fn a_closed_stdout_pipe_is_no_panic() {
+    use std::process::Stdio;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_resnet-ode"))
+        .args(["gradcheck", "--depth", "64"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run resnet-ode");
+    drop(child.stdout.take());
+    let out = child.wait_with_output().expect("wait");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+}

@@ -86,6 +86,11 @@ pub fn run(a: &Args) -> anyhow::Result<()> {
     if a.batch == 0 {
         anyhow::bail!("invalid --batch: 0: expected at least 1");
     }
+    // The weights the check runs on: a --weights-file that exists replaces the drawn family.
+    let weights = match &a.weights_file {
+        Some(path) if path.exists() => format!("file {}", path.display()),
+        _ => a.weights.clone(),
+    };
     let mut rng = Rng::new(a.seed);
     let (err, recon) = match a.residual.as_str() {
         "mlp" => {
@@ -109,12 +114,12 @@ pub fn run(a: &Args) -> anyhow::Result<()> {
         }
         other => anyhow::bail!("invalid --residual: `{other}`: expected mlp or conv"),
     };
-    print(a, &err, recon);
+    print(a, &weights, &err, recon);
     if let Some(path) = &a.json {
         let out = Output {
             depth: a.depth,
             scheme: a.scheme.clone(),
-            weights: a.weights.clone(),
+            weights,
             residual: a.residual.clone(),
             grad: a.grad.clone(),
             max_rel_sq_error: err.max_rel_sq_error,
@@ -168,10 +173,10 @@ where
     Ok((gradient_error(&gb, &ga), recon))
 }
 
-fn print(a: &Args, e: &GradientError, recon: f64) {
+fn print(a: &Args, weights: &str, e: &GradientError, recon: f64) {
     println!(
         "{} vs backprop: {} residual, N = {}, {} scheme, {} weights, seed {}",
-        a.grad, a.residual, a.depth, a.scheme, a.weights, a.seed
+        a.grad, a.residual, a.depth, a.scheme, weights, a.seed
     );
     println!(
         "{:<28} {:>10} {:>22}",
