@@ -79,6 +79,16 @@ impl std::fmt::Display for GradMode {
     }
 }
 
+/// The mode of stack `i` when each stack has its own: `modes[i]`, the last entry for stacks
+/// beyond the slice (so `&[mode]` is one mode for every stack), backprop for an empty slice.
+pub fn mode_at(modes: &[GradMode], i: usize) -> GradMode {
+    modes
+        .get(i)
+        .or(modes.last())
+        .copied()
+        .unwrap_or(GradMode::Backprop)
+}
+
 /// What the forward kept for the backward.
 enum Saved<const D: usize> {
     /// Backprop: the graph itself.
@@ -172,6 +182,25 @@ pub fn backward_through<M, F, const D: usize>(
         }
     }
     accumulate(grads, &mut back, model);
+}
+
+/// How well a stack's inverse steps recover its forward trajectory x_0..x_S (S steps), each
+/// entry relative to ‖x_n‖ (index n = 0..S−1).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct Reconstruction {
+    /// ‖x̃_n − x_n‖ with x̃_n one inverse step from the true x_{n+1} (the per-step adjoint's
+    /// reconstruction: errors do not accumulate).
+    pub one_step: Vec<f64>,
+    /// ‖x̃_n − x_n‖ with x̃_n reversed step by step from x_S (the memory-free adjoint's).
+    pub chained: Vec<f64>,
+    /// ‖x_{n+1} − x_n‖: how far step n moves its input (‖f_n(x_n)/N‖ for Euler).
+    pub moves: Vec<f64>,
+}
+
+/// ‖a − b‖/‖b‖.
+pub fn relative_distance<const D: usize>(a: Tensor<D>, b: &Tensor<D>) -> f64 {
+    let norm = |t: Tensor<D>| crate::device::to_vec(&t.square().sum())[0].sqrt();
+    norm(a - b.clone()) / norm(b.clone())
 }
 
 /// A scalar loss's gradients through a stack in one gradient mode.
@@ -393,17 +422,41 @@ impl<F: Module + ModuleDisplay> Stack<F> {
     where
         F: Residual<D>,
     {
-        let x0 = x0.without_autodiff();
-        let run = self.run(x0.clone(), GradMode::Adjoint, bn);
-        let Saved::Adjoint(mut stats) = run.saved else {
-            return f64::NAN;
+        let r = self.reconstruction(x0, bn);
+        r.chained.first().copied().unwrap_or(f64::NAN)
+    }
+
+    /// The inverse steps measured against one training forward from `x0` (`bn` mode, the
+    /// statistics the adjoint would use), step by step: see [`Reconstruction`].
+    pub fn reconstruction<const D: usize>(&self, x0: Tensor<D>, bn: BnMode) -> Reconstruction
+    where
+        F: Residual<D>,
+    {
+        let run = self.run(x0.without_autodiff(), GradMode::AdjointPerStep, bn);
+        let Saved::PerStep(mut stats, states) = run.saved else {
+            return Reconstruction::default();
         };
-        let mut x = run.output.without_autodiff();
-        for n in (0..self.steps()).rev() {
+        let steps = self.steps();
+        let one_step = (0..steps)
+            .map(|n| {
+                let x = self.reverse_step(n, states[n + 1].clone(), bn, &mut stats, None);
+                relative_distance(x, &states[n])
+            })
+            .collect();
+        let mut chained = vec![0.0; steps];
+        let mut x = states[steps].clone();
+        for n in (0..steps).rev() {
             x = self.reverse_step(n, x, bn, &mut stats, None);
+            chained[n] = relative_distance(x.clone(), &states[n]);
         }
-        let norm = |t: Tensor<D>| crate::device::to_vec(&t.square().sum())[0].sqrt();
-        norm(x - x0.clone()) / norm(x0)
+        let moves = (0..steps)
+            .map(|n| relative_distance(states[n + 1].clone(), &states[n]))
+            .collect();
+        Reconstruction {
+            one_step,
+            chained,
+            moves,
+        }
     }
 
     /// The stages of step n recomputed with a graph from a leaf at `x`, ready for

@@ -9,10 +9,11 @@
 //! invertible, so it trains with backprop only.
 
 use super::layers::{BasicBlock, Head, Pool, Stem};
-use super::InputShape;
+use super::{InputShape, StageView};
 use crate::device::Placement;
-use crate::grad::{GradMode, StackRun};
-use crate::norm::{BnMode, Norm};
+use crate::grad::{mode_at, GradMode, StackRun};
+use crate::norm::{BnMode, Norm, Phase};
+use crate::params::plain_view;
 use crate::residual::{ConvBlock, ConvBlockConfig};
 use crate::rng::Rng;
 use crate::scheme::Scheme;
@@ -118,10 +119,11 @@ pub enum Rest {
 
 impl CifarResNet {
     /// Training forward: logits and one run per scaled stack, in forward order.
+    /// Scaled stack i runs in [`mode_at`]`(modes, i)`.
     pub fn forward_train(
         &self,
         x: Tensor<4>,
-        mode: GradMode,
+        modes: &[GradMode],
         bn: BnMode,
     ) -> (Tensor<2>, Vec<StackRun<4>>) {
         let mut x = self.stem.forward(x, &mut Norm::train(bn));
@@ -130,7 +132,7 @@ impl CifarResNet {
             x = stage.first.forward(x, &mut Norm::train(bn));
             x = match &stage.rest {
                 Rest::Scaled(stack) => {
-                    let run = stack.run(x, mode, bn);
+                    let run = stack.run(x, mode_at(modes, runs.len()), bn);
                     let out = relu(run.output.clone());
                     runs.push(run);
                     out
@@ -156,6 +158,30 @@ impl CifarResNet {
             };
         }
         self.head.forward(Pool::Global.forward(x))
+    }
+
+    /// Each stage's blocks after the first with their input (see [`Model::stage_inputs`]).
+    pub(super) fn stage_inputs(&self, x: Tensor<4>, bn: BnMode) -> Vec<(StageView<'_>, Tensor<4>)> {
+        let norm = || Norm::new(bn, Phase::Replay, None);
+        let mut x = plain_view(&self.stem).forward(x, &mut norm());
+        let mut out = Vec::new();
+        for stage in &self.stages {
+            x = plain_view(&stage.first).forward(x, &mut norm());
+            let input = x.clone();
+            x = match &stage.rest {
+                Rest::Scaled(stack) => {
+                    out.push((StageView::Scaled(stack), input));
+                    relu(stack.replay(x, bn))
+                }
+                Rest::Original(blocks) => {
+                    out.push((StageView::Original(blocks), input));
+                    blocks
+                        .iter()
+                        .fold(x, |x, b| plain_view(b).forward(x, &mut norm()))
+                }
+            };
+        }
+        out
     }
 
     /// The scaled stacks, in forward order.

@@ -15,8 +15,8 @@ pub use layers::{BasicBlock, Head, Pool, Stem, StridedConv};
 pub use tiny::{TinyConfig, TinyResNet, PAPER_STEM_MIN_SIZE};
 
 use crate::device::Placement;
-use crate::grad::{GradMode, StackRun};
-use crate::norm::BnMode;
+use crate::grad::{mode_at, GradMode, StackRun};
+use crate::norm::{BnMode, Norm, Phase};
 use crate::params::{independent_copy, plain_view};
 use crate::residual::ConvBlock;
 use crate::rng::Rng;
@@ -185,6 +185,13 @@ impl ModelSpec {
     }
 }
 
+/// A residual stage as `doctor` sees it: a depth-scaled stack, or He et al.'s unscaled
+/// `relu(x + g(x))` blocks (a CIFAR ResNet's blocks after each stage's first with `--original`).
+pub enum StageView<'a> {
+    Scaled(&'a Stack<ConvBlock>),
+    Original(&'a [BasicBlock]),
+}
+
 /// Any of the models, so a trainer, a checkpoint and `eval` handle them alike.
 #[derive(Module, Debug)]
 pub enum Model {
@@ -202,9 +209,35 @@ impl Model {
         mode: GradMode,
         bn: BnMode,
     ) -> (Tensor<2>, Vec<StackRun<4>>) {
+        self.forward_train_modes(x, &[mode], bn)
+    }
+
+    /// Training forward with a gradient mode per stack: stack i of [`Model::stacks`] runs in
+    /// [`mode_at`]`(modes, i)` (the last entry for stacks beyond the slice, so `&[mode]` is one
+    /// mode for all). The hybrid policy (`--grad auto`) gives each stage its own mode.
+    pub fn forward_train_modes(
+        &self,
+        x: Tensor<4>,
+        modes: &[GradMode],
+        bn: BnMode,
+    ) -> (Tensor<2>, Vec<StackRun<4>>) {
         match self {
-            Model::Tiny(m) => m.forward_train(x, mode, bn),
-            Model::Cifar(m) => m.forward_train(x, mode, bn),
+            Model::Tiny(m) => m.forward_train(x, mode_at(modes, 0), bn),
+            Model::Cifar(m) => m.forward_train(x, modes, bn),
+        }
+    }
+
+    /// Every residual stage with its input on batch `x`: batch statistics (running statistics
+    /// under `BnMode::Frozen`), no graph, running statistics left alone. What `doctor`
+    /// measures each stage from.
+    pub fn stage_inputs(&self, x: Tensor<4>, bn: BnMode) -> Vec<(StageView<'_>, Tensor<4>)> {
+        let x = x.detach().without_autodiff();
+        match self {
+            Model::Tiny(m) => {
+                let x0 = plain_view(&m.stem).forward(x, &mut Norm::new(bn, Phase::Replay, None));
+                vec![(StageView::Scaled(&m.stack), x0)]
+            }
+            Model::Cifar(m) => m.stage_inputs(x, bn),
         }
     }
 
@@ -215,6 +248,12 @@ impl Model {
             Model::Tiny(m) => m.forward_plain(x),
             Model::Cifar(m) => m.forward_plain(x),
         }
+    }
+
+    /// The same model with every stack integrated by `scheme` (independent copy; Heun takes
+    /// N − 1 steps of the same N functions, so this is another network unless N is large).
+    pub fn with_scheme(&self, scheme: Scheme) -> Result<Model> {
+        self.copy_with_stacks(|s| independent_copy(s).with_scheme(scheme))
     }
 
     /// The residual stacks, in forward order.
