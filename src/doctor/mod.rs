@@ -165,6 +165,8 @@ pub enum Form {
 /// A recommended gradient mode for one stage, with the reason in one line.
 #[derive(Debug, Clone, Serialize)]
 pub struct Verdict {
+    /// [`Verdict::label`]: what to pass to `--grad` (and `--scheme` when in parentheses).
+    pub recommendation: String,
     pub mode: GradMode,
     /// The scheme to train with (differs from the model's when Heun is recommended).
     pub scheme: Scheme,
@@ -174,14 +176,19 @@ pub struct Verdict {
     pub saves: Option<i64>,
 }
 
+/// `mode`, with the scheme in parentheses when it is not the stage's own.
+fn label(mode: GradMode, scheme: Scheme, own: Scheme) -> String {
+    if scheme != own {
+        format!("{mode} ({scheme})")
+    } else {
+        mode.to_string()
+    }
+}
+
 impl Verdict {
     /// `adjoint`, `adjoint (heun)`, `checkpoint:K` or `backprop`.
     pub fn label(&self, own: Scheme) -> String {
-        if self.scheme != own {
-            format!("{} ({})", self.mode, self.scheme)
-        } else {
-            self.mode.to_string()
-        }
+        label(self.mode, self.scheme, own)
     }
 }
 
@@ -355,6 +362,7 @@ fn backprop_unless_it_saves(mut v: Verdict, backprop: Option<usize>, own: Scheme
     }
     let mib = |b: Option<usize>| b.unwrap_or(0) as f64 / (1024.0 * 1024.0);
     Verdict {
+        recommendation: GradMode::Backprop.to_string(),
         reason: format!(
             "{}; but {} saves no memory here ({:.2} vs {:.2} MiB measured): backprop",
             v.reason,
@@ -442,7 +450,8 @@ pub fn verdict(
     k: usize,
     tol: f64,
 ) -> Verdict {
-    let make = |mode, scheme, reason: String| Verdict {
+    let make = |mode: GradMode, scheme, reason: String| Verdict {
+        recommendation: label(mode, scheme, own),
         mode,
         scheme,
         reason,

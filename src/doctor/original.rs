@@ -216,6 +216,7 @@ pub(super) fn diagnose(blocks: &[BasicBlock], x0: Tensor<4>, cfg: &DoctorConfig)
         memory,
         verdict: backprop_unless_it_saves(
             Verdict {
+                recommendation: mode.to_string(),
                 mode,
                 scheme: Scheme::Euler,
                 reason,
