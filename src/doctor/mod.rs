@@ -45,6 +45,7 @@ use crate::scheme::Scheme;
 use crate::stack::Stack;
 use crate::train::{step_gradients_modes, DeviceBatch};
 use crate::{Error, Result};
+use burn::optim::GradientsParams;
 use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
@@ -239,6 +240,13 @@ pub fn diagnose(
 ) -> Result<Vec<StageReport>> {
     check_tol(cfg.tol, "--tol")?;
     let model = independent_copy(model);
+    // Per scheme, every stack's gradient error (None: a stack too short for Heun).
+    let errors = [Scheme::Euler, Scheme::Heun].map(|scheme| match model.with_scheme(scheme) {
+        Ok(m) => stage_gradient_errors(&m, batch, cfg.bn).map(Some),
+        Err(_) => Ok(None),
+    });
+    let [euler, heun] = errors;
+    let errors = [euler?, heun?];
     let mut reports = Vec::new();
     let mut scaled = 0;
     for (i, (view, x0)) in model
@@ -250,7 +258,10 @@ pub fn diagnose(
         let report = match view {
             StageView::Scaled(stack) => {
                 scaled += 1;
-                diagnose_stack(&model, scaled - 1, stack, x0, batch, cfg)?
+                let e = errors
+                    .each_ref()
+                    .map(|e| e.as_ref().map(|e| &e[scaled - 1]));
+                diagnose_stack(stack, x0, e, cfg)
             }
             StageView::Original(blocks) => original::diagnose(blocks, x0, cfg),
         };
@@ -262,31 +273,24 @@ pub fn diagnose(
     Ok(reports)
 }
 
-/// One depth-scaled stack (stack `index` of [`Model::stacks`]) with its input `x0`.
+/// One depth-scaled stack with its input `x0` and its gradient errors with Euler and Heun
+/// (from [`stage_gradient_errors`]).
 fn diagnose_stack(
-    model: &Model,
-    index: usize,
     stack: &Stack<ConvBlock>,
     x0: Tensor<4>,
-    batch: &DeviceBatch,
+    errors: [Option<&GradientError>; 2],
     cfg: &DoctorConfig,
-) -> Result<StageReport> {
+) -> StageReport {
     let own = stack.scheme;
-    let measure = |scheme: Scheme| -> Result<Option<SchemeReport>> {
-        let Ok(s) = stack.clone().with_scheme(scheme) else {
-            return Ok(None);
-        };
-        let m = model.with_scheme(scheme)?;
-        let gradient = GradSummary::from(&stage_gradient_error(&m, index, batch, cfg.bn)?);
-        Ok(Some(scheme_report(
-            scheme,
-            s.reconstruction(x0.clone(), cfg.bn),
-            Some(gradient),
-        )))
+    let measure = |scheme: Scheme, error: Option<&GradientError>| {
+        let s = stack.clone().with_scheme(scheme).ok()?;
+        let r = s.reconstruction(x0.clone(), cfg.bn);
+        Some(scheme_report(scheme, r, error.map(GradSummary::from)))
     };
-    let euler =
-        measure(Scheme::Euler)?.ok_or_else(|| Error::invalid("--depth", "no Euler stack"))?;
-    let heun = measure(Scheme::Heun)?;
+    let [euler_error, heun_error] = errors;
+    let euler = measure(Scheme::Euler, euler_error)
+        .unwrap_or_else(|| unreachable!("Euler integrates any stack"));
+    let heun = measure(Scheme::Heun, heun_error);
     let own_report = if own == Scheme::Heun {
         heun.as_ref()
     } else {
@@ -322,7 +326,7 @@ fn diagnose_stack(
             .and_then(|s| mem(&s, GradMode::Adjoint)),
     };
     let v = backprop_unless_it_saves(v, memory.backprop, own);
-    Ok(StageReport {
+    StageReport {
         stage: 0,
         form: Form::Scaled,
         n: stack.depth,
@@ -335,7 +339,7 @@ fn diagnose_stack(
         heun,
         memory,
         verdict: v,
-    })
+    }
 }
 
 fn scheme_report(scheme: Scheme, r: Reconstruction, gradient: Option<GradSummary>) -> SchemeReport {
@@ -401,43 +405,42 @@ pub fn smoothness<M: burn::module::Module>(functions: &[M], n: usize) -> f64 {
     }
 }
 
-/// Adjoint vs backprop gradients of stack `index`'s parameters on the model's real loss:
-/// the stack in adjoint mode and every other stack in backprop, against backprop everywhere.
-pub fn stage_gradient_error(
+/// Adjoint vs backprop gradients of each stack's parameters on the model's real loss: entry i
+/// compares stack i in adjoint mode, every other stack in backprop, against backprop everywhere
+/// (one backprop step, then one step per stack).
+pub fn stage_gradient_errors(
     model: &Model,
-    index: usize,
     batch: &DeviceBatch,
     bn: BnMode,
-) -> Result<GradientError> {
+) -> Result<Vec<GradientError>> {
     let stacks = model.stacks();
-    let Some(stack) = stacks.get(index) else {
-        return Err(Error::invalid(
-            "stage",
-            format!("{index}: the model has {} stacks", stacks.len()),
-        ));
-    };
-    let mut modes = vec![GradMode::Backprop; stacks.len()];
-    modes[index] = GradMode::Adjoint;
-    let grads = |modes: &[GradMode]| -> Result<Vec<(String, Vec<f64>)>> {
+    let step = |modes: &[GradMode]| {
         let step = step_gradients_modes(model, batch, modes, bn);
-        let g = flat_grads(*stack, &step.grads);
+        match step.loss.is_finite() {
+            true => Ok(step.grads),
+            false => Err(Error::NonFinite {
+                what: "the loss of doctor's batch".into(),
+            }),
+        }
+    };
+    let flat = |grads: &GradientsParams, i: usize| {
+        let g = flat_grads(stacks[i], grads);
         match g.iter().find(|(_, v)| v.iter().any(|x| !x.is_finite())) {
             Some((name, _)) => Err(Error::NonFinite {
-                what: format!(
-                    "the gradient of stage {} `{name}` (loss {})",
-                    index + 1,
-                    step.loss
-                ),
-            }),
-            None if !step.loss.is_finite() => Err(Error::NonFinite {
-                what: "the loss of doctor's batch".into(),
+                what: format!("the gradient of stack {} `{name}`", i + 1),
             }),
             None => Ok(g),
         }
     };
-    let b = grads(&[GradMode::Backprop])?;
-    let a = grads(&modes)?;
-    Ok(gradient_error(&b, &a))
+    let backprop = step(&[GradMode::Backprop])?;
+    (0..stacks.len())
+        .map(|i| {
+            let mut modes = vec![GradMode::Backprop; stacks.len()];
+            modes[i] = GradMode::Adjoint;
+            let adjoint = step(&modes)?;
+            Ok(gradient_error(&flat(&backprop, i)?, &flat(&adjoint, i)?))
+        })
+        .collect()
 }
 
 /// The verdict for a scaled stack of `n` functions integrated by `own`, from the largest
@@ -517,20 +520,20 @@ pub fn auto_modes(
     tol: f64,
 ) -> Result<Vec<StageChoice>> {
     let model = independent_copy(model);
-    (0..model.stacks().len())
-        .map(|i| {
-            let e = stage_gradient_error(&model, i, batch, bn)?.max_rel_sq_error;
-            let mode = if e < tol {
-                GradMode::Adjoint
-            } else {
-                GradMode::Checkpoint(checkpoint_k(model.stacks()[i].steps()))
-            };
-            Ok(StageChoice {
-                mode,
-                max_rel_sq_error: e,
-            })
-        })
-        .collect()
+    let errors = stage_gradient_errors(&model, batch, bn)?;
+    let choices = model.stacks().into_iter().zip(errors).map(|(stack, e)| {
+        let e = e.max_rel_sq_error;
+        let mode = if e < tol {
+            GradMode::Adjoint
+        } else {
+            GradMode::Checkpoint(checkpoint_k(stack.steps()))
+        };
+        StageChoice {
+            mode,
+            max_rel_sq_error: e,
+        }
+    });
+    Ok(choices.collect())
 }
 
 #[cfg(test)]
