@@ -114,6 +114,43 @@ pub struct StackRun<const D: usize> {
 }
 
 impl<const D: usize> StackRun<D> {
+    /// A run whose output is graph-connected to its input (backprop through the segment).
+    pub fn graph(input: Tensor<D>, output: Tensor<D>, bn: BnMode) -> Self {
+        Self {
+            input,
+            output,
+            bn,
+            serial: false,
+            saved: Saved::Graph,
+        }
+    }
+
+    /// A checkpointed run: `states` are every k-th state from the input on (graph-free), the
+    /// output x_N is made a leaf that requires grad.
+    pub fn checkpointed(
+        input: Tensor<D>,
+        x_n: Tensor<D>,
+        k: usize,
+        states: Vec<Tensor<D>>,
+        bn: BnMode,
+    ) -> Self {
+        Self {
+            input,
+            output: x_n.autodiff().require_grad(),
+            bn,
+            serial: false,
+            saved: Saved::Checkpoint(k, states),
+        }
+    }
+
+    /// The checkpoint interval, the kept states and the BN policy of a checkpointed run.
+    pub fn into_checkpoint(self) -> Option<(usize, Vec<Tensor<D>>, BnMode)> {
+        match self.saved {
+            Saved::Checkpoint(k, states) => Some((k, states, self.bn)),
+            _ => None,
+        }
+    }
+
     /// Whether the caller's backward already covers the stack (backprop mode).
     pub fn is_graph(&self) -> bool {
         matches!(self.saved, Saved::Graph)
@@ -157,27 +194,51 @@ pub fn push_to_input<const D: usize>(input: &Tensor<D>, grad_input: Tensor<D>) -
     (input.clone() * g).sum().backward()
 }
 
-/// After the head's backward (`back`), carry the gradient through a model's stacks, last to
-/// first, and through the layers between them: every trainable parameter of `model` ends up in
-/// `grads`. `runs` are in forward order, one per stack; segments between stacks are ordinary
-/// autodiff graphs that end at the previous stack's output leaf.
-pub fn backward_through<M, F, const D: usize>(
+/// A part of a model that a [`StackRun`] went through and that carries dL/d(output) back to
+/// dL/d(input) itself: a residual [`Stack`] in any mode, or a model's own unscaled blocks
+/// under checkpointing.
+pub trait Segment<const D: usize> {
+    /// Carry `grad_output` back through `run`, adding the segment's parameter gradients to
+    /// `grads`; None when the caller's backward already did (a graph run).
+    fn backward_run(
+        &self,
+        run: StackRun<D>,
+        grad_output: Tensor<D>,
+        grads: &mut GradientsParams,
+    ) -> Option<Tensor<D>>;
+}
+
+impl<F: Residual<D> + ModuleDisplay, const D: usize> Segment<D> for Stack<F> {
+    fn backward_run(
+        &self,
+        run: StackRun<D>,
+        grad_output: Tensor<D>,
+        grads: &mut GradientsParams,
+    ) -> Option<Tensor<D>> {
+        self.backward(run, grad_output, grads)
+    }
+}
+
+/// After the head's backward (`back`), carry the gradient through a model's segments (its
+/// stacks), last to first, and through the layers between them: every trainable parameter of
+/// `model` ends up in `grads`. `runs` are in forward order, one per segment; what lies between
+/// segments is an ordinary autodiff graph that ends at the previous segment's output leaf.
+pub fn backward_through<M, const D: usize>(
     model: &M,
-    stacks: &[&Stack<F>],
+    segments: &[&dyn Segment<D>],
     runs: Vec<StackRun<D>>,
     mut back: Gradients,
     grads: &mut GradientsParams,
 ) where
     M: Module,
-    F: Residual<D> + ModuleDisplay,
 {
-    let mut pending: Vec<_> = stacks.iter().zip(runs).collect();
-    while let Some((stack, run)) = pending.pop() {
+    let mut pending: Vec<_> = segments.iter().zip(runs).collect();
+    while let Some((segment, run)) = pending.pop() {
         let g = run.output_grad(&back);
         accumulate(grads, &mut back, model);
         let Some(g) = g else { continue };
         let input = run.input.clone();
-        if let Some(g0) = stack.backward(run, g, grads) {
+        if let Some(g0) = segment.backward_run(run, g, grads) {
             back = push_to_input(&input, g0);
         }
     }
@@ -221,13 +282,7 @@ impl<F: Module + ModuleDisplay> Stack<F> {
     {
         if mode == GradMode::Backprop {
             let output = self.forward(x0.clone(), bn);
-            return StackRun {
-                input: x0,
-                output,
-                bn,
-                serial: false,
-                saved: Saved::Graph,
-            };
+            return StackRun::graph(x0, output, bn);
         }
         let mut stats = self.new_site_stats();
         let mut states = Vec::new();

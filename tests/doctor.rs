@@ -372,3 +372,51 @@ fn per_stack_modes_match_a_single_mode() {
     let (_, adjoint_mid) = grads(&[GradMode::Backprop, GradMode::Adjoint, GradMode::Backprop]);
     assert!(resnet_ode::metrics::gradient_error(&exact, &adjoint_mid).relative_error > 1e-6);
 }
+
+/// He et al.'s unscaled blocks train with `checkpoint:K` (doctor's recommendation for them):
+/// backprop's gradients to rounding, for K = 1 and 2; the adjoint stays refused.
+#[test]
+fn original_blocks_train_with_checkpointing() {
+    let p = Placement::flex(Precision::F64);
+    let spec = ModelSpec {
+        arch: Arch::CifarResNet(32),
+        original: true,
+        ..ModelSpec::default()
+    };
+    let data = prepare(digits(), &config(spec.clone(), 1)).unwrap();
+    let model = spec.init(&p, data.input, &mut Rng::new(5)).unwrap();
+    assert_eq!(model.segments().len(), 3);
+    let b = batches(data.train, 16, false, None, &mut Rng::new(0), false)
+        .unwrap()
+        .next()
+        .unwrap();
+    let x = DeviceBatch::new(&p, &b, 10);
+    let grads = |mode| {
+        let copy = independent_copy(&model);
+        let step = step_gradients(&copy, &x, mode, BnMode::Cached);
+        flat_grads(&copy, &step.grads)
+    };
+    let exact = grads(GradMode::Backprop);
+    for k in [1, 2] {
+        let e = resnet_ode::metrics::gradient_error(&exact, &grads(GradMode::Checkpoint(k)));
+        assert!(e.relative_error < 1e-10, "checkpoint:{k}: {e:?}");
+    }
+    assert!(spec.check(GradMode::Checkpoint(2)).is_ok());
+    let err = spec.check(GradMode::Adjoint).unwrap_err().to_string();
+    assert!(
+        err.contains("--grad") && err.contains("checkpoint:K"),
+        "{err}"
+    );
+    let trained = train_on(
+        digits(),
+        &TrainConfig {
+            grad: GradMode::Checkpoint(2),
+            limit_train: Some(64),
+            ..config(cifar(true), 1)
+        },
+        &p32(),
+        &quiet(None),
+    )
+    .unwrap();
+    assert!(trained.history[0].train_loss.is_finite());
+}

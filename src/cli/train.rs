@@ -25,7 +25,7 @@ pub struct TrainArgs {
     /// One residual function per stack, used at every depth (the ODE-like model).
     #[arg(long)]
     tied: bool,
-    /// CIFAR ResNets: He et al.'s unscaled blocks, relu(x + f(x)) (backprop only).
+    /// CIFAR ResNets: He et al.'s unscaled blocks, relu(x + f(x)) (backprop or checkpoint:K).
     #[arg(long)]
     original: bool,
     /// Residual functions per stack (TinyResNet: default 8; CIFAR ResNets: fixed by the name).
@@ -228,11 +228,13 @@ fn summarise(result: &TrainResult) {
 /// for a backprop run, the adjoint) needs, both measured on one step of a copy of the model
 /// with a random batch of the training shape.
 fn compare_memory(result: &TrainResult, config: &TrainConfig, p: &resnet_ode::device::Placement) {
-    if !memory::is_counting() || result.model.stacks().is_empty() {
+    let ours = &result.grad_modes;
+    let all_backprop = ours.iter().all(|&m| m == GradMode::Backprop);
+    // A backprop run is compared with the adjoint, which needs a depth-scaled stack.
+    if !memory::is_counting() || (all_backprop && result.model.stacks().is_empty()) {
         return;
     }
-    let ours = &result.grad_modes;
-    let other = if ours.iter().all(|&m| m == GradMode::Backprop) {
+    let other = if all_backprop {
         GradMode::Adjoint
     } else {
         GradMode::Backprop

@@ -1,18 +1,19 @@
 //! Doctor on He et al.'s unscaled `relu(x + g(x))` blocks: how much the ReLU clips, how badly
 //! the inverse steps of `x + g(x)` recover the true trajectory, and the memory of backprop and
-//! of checkpointing them.
+//! of checkpointing them (the trainer's own `checkpoint:K` for `--original` models).
 
 use super::{
     backprop_unless_it_saves, checkpoint_k, scheme_report, smoothness, DoctorConfig, Form, MeanMax,
     StageMemory, StageReport, Verdict,
 };
 use crate::device::to_vec;
-use crate::grad::{relative_distance, GradMode, Reconstruction};
+use crate::grad::{backward_through, relative_distance, GradMode, Reconstruction, Segment};
 use crate::memory;
-use crate::models::BasicBlock;
+use crate::models::{original_run, BasicBlock};
 use crate::norm::{BnMode, Norm, PackedStats, Phase};
 use crate::params::plain_view;
 use crate::scheme::Scheme;
+use burn::optim::GradientsParams;
 use burn::tensor::Tensor;
 
 /// The training forward through the blocks, graph-free, with what each block recorded.
@@ -97,65 +98,40 @@ fn reconstruction(
     }
 }
 
-/// One training step through the blocks from `x0` (loss mean(x_N²)): plain backprop, or
-/// checkpointing every `k` blocks (states kept without a graph, each segment recomputed with
-/// one). What the stage's memory measurement runs.
-fn step(blocks: &[BasicBlock], x0: &Tensor<4>, bn: BnMode, k: Option<usize>) {
-    let through = |x: Tensor<4>, range: std::ops::Range<usize>| {
-        blocks[range].iter().fold(x, |x, b| {
-            b.forward(x, &mut Norm::new(bn, Phase::Replay, None))
-        })
-    };
+/// One training step through the blocks from `x0` (loss mean(x_N²)) in `mode` (backprop or
+/// `checkpoint:K`), the trainer's own path ([`original_run`], [`backward_through`]).
+fn step(blocks: &Vec<BasicBlock>, x0: &Tensor<4>, bn: BnMode, mode: GradMode) {
     let leaf = x0.clone().detach().autodiff().require_grad();
-    let Some(k) = k else {
-        let _ = leaf.grad(
-            &through(leaf.clone(), 0..blocks.len())
-                .square()
-                .mean()
-                .backward(),
-        );
-        return;
-    };
-    let mut states = vec![x0.clone().without_autodiff()];
-    for s in (k..blocks.len()).step_by(k) {
-        let x = states
-            .last()
-            .cloned()
-            .unwrap_or_else(|| unreachable!("x_0 is there"));
-        states.push(blocks[s - k..s].iter().fold(x, |x, b| {
-            plain_view(b).forward(x, &mut Norm::new(bn, Phase::Replay, None))
-        }));
-    }
-    let mut g: Option<Tensor<4>> = None;
-    for (i, x) in states.iter().enumerate().rev() {
-        let leaf = x.clone().autodiff().require_grad();
-        let y = through(leaf.clone(), i * k..((i + 1) * k).min(blocks.len()));
-        let loss = match g.take() {
-            None => y.square().mean(),
-            Some(g) => (y * g.autodiff()).sum(),
-        };
-        g = leaf.grad(&loss.backward()).map(|t| t.without_autodiff());
-    }
+    let run = original_run(blocks, leaf, mode, bn);
+    let back = run.output.clone().square().mean().backward();
+    let mut grads = GradientsParams::new();
+    backward_through(
+        blocks,
+        &[blocks as &dyn Segment<4>],
+        vec![run],
+        back,
+        &mut grads,
+    );
 }
 
 fn measured(
-    blocks: &[BasicBlock],
+    blocks: &Vec<BasicBlock>,
     x0: &Tensor<4>,
     bn: BnMode,
-    k: Option<usize>,
+    mode: GradMode,
     reps: usize,
 ) -> Option<usize> {
-    step(blocks, x0, bn, k);
+    step(blocks, x0, bn, mode);
     if !memory::is_counting() {
         return None;
     }
     (0..reps.max(1))
-        .map(|_| memory::measure_transient(|| step(blocks, x0, bn, k)).1)
+        .map(|_| memory::measure_transient(|| step(blocks, x0, bn, mode)).1)
         .max()
 }
 
 /// Doctor's numbers and verdict for unscaled ReLU blocks with input `x0`.
-pub(super) fn diagnose(blocks: &[BasicBlock], x0: Tensor<4>, cfg: &DoctorConfig) -> StageReport {
+pub(super) fn diagnose(blocks: &Vec<BasicBlock>, x0: Tensor<4>, cfg: &DoctorConfig) -> StageReport {
     let n = blocks.len();
     let mut t = forward(blocks, x0.clone(), cfg.bn);
     let euler = scheme_report(
@@ -170,9 +146,15 @@ pub(super) fn diagnose(blocks: &[BasicBlock], x0: Tensor<4>, cfg: &DoctorConfig)
     );
     let k = checkpoint_k(n);
     let memory = StageMemory {
-        backprop: measured(blocks, &x0, cfg.bn, None, cfg.memory_reps),
+        backprop: measured(blocks, &x0, cfg.bn, GradMode::Backprop, cfg.memory_reps),
         adjoint: None,
-        checkpoint: measured(blocks, &x0, cfg.bn, Some(k), cfg.memory_reps),
+        checkpoint: measured(
+            blocks,
+            &x0,
+            cfg.bn,
+            GradMode::Checkpoint(k),
+            cfg.memory_reps,
+        ),
         k,
     };
     let clipped = MeanMax::of(&t.clipped);
@@ -187,7 +169,7 @@ pub(super) fn diagnose(blocks: &[BasicBlock], x0: Tensor<4>, cfg: &DoctorConfig)
     } else {
         (
             GradMode::Checkpoint(k),
-            "checkpointing is exact".to_string(),
+            format!("checkpointing is exact (train --original --grad checkpoint:{k})"),
         )
     };
     let reason = format!(

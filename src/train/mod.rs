@@ -214,7 +214,7 @@ impl TrainConfig {
                 return Err(Error::invalid("--auto-recheck", "must be at least 1"));
             }
             if self.model.original {
-                return Err(Error::invalid("--grad", "auto: the unscaled original (--original) has no depth-scaled stack to choose a mode for; use --grad backprop"));
+                return Err(Error::invalid("--grad", "auto: the unscaled original (--original) has no depth-scaled stack to choose a mode for; use --grad checkpoint:K (doctor's recommendation for its ReLU blocks) or backprop"));
             }
         }
         self.model.check(self.grad)
@@ -693,7 +693,7 @@ pub fn step_gradients_modes(
     let value = to_vec(&loss).first().copied().unwrap_or(f64::NAN);
     let mut grads = GradientsParams::new();
     if value.is_finite() {
-        backward_through(model, &model.stacks(), runs, loss.backward(), &mut grads);
+        backward_through(model, &model.segments(), runs, loss.backward(), &mut grads);
     }
     StepGrads {
         loss: value,
