@@ -34,7 +34,8 @@ pub struct Args {
     /// euler or heun.
     #[arg(long)]
     scheme: Option<String>,
-    /// Seed of the fresh model's weights (and of the digits' split).
+    /// Seed of the fresh model's weights and of the split of unsplit data (digits, image
+    /// folders); a run uses its own.
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Data the batch is taken from (any source `train` reads); default: the run's, or digits.
@@ -80,7 +81,9 @@ pub fn run(a: &Args) -> anyhow::Result<()> {
         .clone()
         .or(record.map(|r| r.config.data.clone()))
         .unwrap_or_else(|| "digits".into());
-    let split = data.parse::<DataSpec>()?.load(a.seed)?;
+    // A run's digits split is the one it was trained with (its seed).
+    let seed = record.map_or(a.seed, |r| r.config.seed);
+    let split = data.parse::<DataSpec>()?.load(seed)?;
     let norm = record.map_or_else(
         || Normalization::compute(&split.train),
         |r| r.normalization.clone(),
@@ -118,8 +121,9 @@ pub fn run(a: &Args) -> anyhow::Result<()> {
 /// last checkpoint, loaded by the caller as `run`) or `--model NAME …` (fresh, seeded).
 ///
 /// `--init PATH` (a PyTorch checkpoint, issue 10 part 2) plugs in here as a third branch
-/// before the fresh one: build `spec` as below, then
-/// `resnet_ode::import::load_model(path, &spec, input, p, &opts)`.
+/// before the fresh one: `resnet_ode::import::load_model(path, &model_spec(a)?, input, p,
+/// &opts)`; `run` should then also take the normalisation the checkpoint was trained with
+/// instead of the data's own statistics.
 fn load_model(
     a: &Args,
     p: &Placement,
@@ -149,6 +153,18 @@ fn load_model(
             format!("run {} ({}{tied}, {})", dir.display(), m.arch, m.scheme),
         ));
     }
+    let spec = model_spec(a)?;
+    let model = spec.init(p, input, &mut Rng::derive(a.seed, "model init"))?;
+    let flags = [(a.original, " --original"), (a.tied, " --tied")];
+    let extra: String = flags.iter().filter(|f| f.0).map(|f| f.1).collect();
+    Ok((
+        model,
+        format!("fresh {}{extra} (seed {})", spec.arch, a.seed),
+    ))
+}
+
+/// The architecture `--model`, `--original`, `--tied`, `--depth` and `--scheme` name.
+fn model_spec(a: &Args) -> anyhow::Result<ModelSpec> {
     let Some(name) = &a.model else {
         anyhow::bail!("invalid --model: give --run DIR or --model NAME");
     };
@@ -161,10 +177,7 @@ fn load_model(
         ..ModelSpec::default()
     };
     spec.check(GradMode::Backprop)?;
-    let model = spec.init(p, input, &mut Rng::derive(a.seed, "model init"))?;
-    let flags = [(a.original, " --original"), (a.tied, " --tied")];
-    let extra: String = flags.iter().filter(|f| f.0).map(|f| f.1).collect();
-    Ok((model, format!("fresh {name}{extra} (seed {})", a.seed)))
+    Ok(spec)
 }
 
 /// The first `n` images of `train` then `test`, normalised with `norm`.
