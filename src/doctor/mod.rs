@@ -21,7 +21,8 @@
 //!
 //! Verdict ([`verdict`]): `adjoint` where the gradient error of the stage's own scheme is
 //! under the tolerance, `adjoint` with Heun where only Heun's is, `checkpoint:K` otherwise and
-//! for every unscaled ReLU stage, `backprop` for a one-step stage (nothing to save).
+//! for every unscaled ReLU stage; `backprop` for a one-step stage, or where the recommendation's
+//! measured memory is not below backprop's (nothing to save).
 //!
 //! Unscaled ReLU stages get no adjoint gradient error: the adjoint of `x + g(x)` is the
 //! gradient of another network (one without the ReLUs), so the number would measure the
