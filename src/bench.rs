@@ -13,7 +13,7 @@
 
 use crate::device::{to_vec, Placement};
 use crate::family::Family;
-use crate::grad::GradMode;
+use crate::grad::{GradMode, StackGrads};
 use crate::memory;
 use crate::norm::BnMode;
 use crate::params::parameter_bytes;
@@ -126,6 +126,44 @@ pub fn measure(p: &Placement, w: Workload, cfg: &BenchConfig) -> Result<BenchRec
     }
 }
 
+/// One training step of `stack` from `x` with the loss mean(x_N²), waiting for the device.
+fn loss_step<F, const D: usize>(
+    stack: &Stack<F>,
+    x: &Tensor<D>,
+    mode: GradMode,
+    bn: BnMode,
+) -> StackGrads<D>
+where
+    F: Residual<D> + ModuleDisplay,
+{
+    let g = stack.loss_grads(x.clone(), mode, bn, |y| y.square().mean());
+    // Reading a value waits for the device to finish the step.
+    let _ = to_vec(&g.input.clone().sum());
+    g
+}
+
+/// The activation memory of one training step of `stack` from `x` in `mode` (loss mean(x_N²)),
+/// measured as the benchmarks measure it: the transient heap peak of the step, after one
+/// warm-up step, the largest of `reps`. None without the counting allocator.
+pub fn step_activation_bytes<F, const D: usize>(
+    stack: &Stack<F>,
+    x: &Tensor<D>,
+    mode: GradMode,
+    bn: BnMode,
+    reps: usize,
+) -> Option<usize>
+where
+    F: Residual<D> + ModuleDisplay,
+{
+    drop(loss_step(stack, x, mode, bn));
+    if !memory::is_counting() {
+        return None;
+    }
+    (0..reps.max(1))
+        .map(|_| memory::measure_transient(|| loss_step(stack, x, mode, bn)).1)
+        .max()
+}
+
 fn time_steps<F, const D: usize>(
     p: &Placement,
     w: Workload,
@@ -136,12 +174,7 @@ fn time_steps<F, const D: usize>(
 where
     F: Residual<D> + ModuleDisplay,
 {
-    let step = || {
-        let g = stack.loss_grads(x.clone(), cfg.mode, cfg.bn, |y| y.square().mean());
-        // Reading a value waits for the device to finish the step.
-        let _ = to_vec(&g.input.clone().sum());
-        g
-    };
+    let step = || loss_step(stack, &x, cfg.mode, cfg.bn);
     let meter = memory::Meter::for_device(&cfg.device)?;
     let params = parameter_bytes(stack, p.precision.bytes());
     // What a step returns: a gradient per parameter and dL/dx_0.

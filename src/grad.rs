@@ -79,6 +79,16 @@ impl std::fmt::Display for GradMode {
     }
 }
 
+/// The mode of stack `i` when each stack has its own: `modes[i]`, the last entry for stacks
+/// beyond the slice (so `&[mode]` is one mode for every stack), backprop for an empty slice.
+pub fn mode_at(modes: &[GradMode], i: usize) -> GradMode {
+    modes
+        .get(i)
+        .or(modes.last())
+        .copied()
+        .unwrap_or(GradMode::Backprop)
+}
+
 /// What the forward kept for the backward.
 enum Saved<const D: usize> {
     /// Backprop: the graph itself.
@@ -104,6 +114,43 @@ pub struct StackRun<const D: usize> {
 }
 
 impl<const D: usize> StackRun<D> {
+    /// A run whose output is graph-connected to its input (backprop through the segment).
+    pub fn graph(input: Tensor<D>, output: Tensor<D>, bn: BnMode) -> Self {
+        Self {
+            input,
+            output,
+            bn,
+            serial: false,
+            saved: Saved::Graph,
+        }
+    }
+
+    /// A checkpointed run: `states` are every k-th state from the input on (graph-free), the
+    /// output x_N is made a leaf that requires grad.
+    pub fn checkpointed(
+        input: Tensor<D>,
+        x_n: Tensor<D>,
+        k: usize,
+        states: Vec<Tensor<D>>,
+        bn: BnMode,
+    ) -> Self {
+        Self {
+            input,
+            output: x_n.autodiff().require_grad(),
+            bn,
+            serial: false,
+            saved: Saved::Checkpoint(k, states),
+        }
+    }
+
+    /// The checkpoint interval, the kept states and the BN policy of a checkpointed run.
+    pub fn into_checkpoint(self) -> Option<(usize, Vec<Tensor<D>>, BnMode)> {
+        match self.saved {
+            Saved::Checkpoint(k, states) => Some((k, states, self.bn)),
+            _ => None,
+        }
+    }
+
     /// Whether the caller's backward already covers the stack (backprop mode).
     pub fn is_graph(&self) -> bool {
         matches!(self.saved, Saved::Graph)
@@ -147,31 +194,74 @@ pub fn push_to_input<const D: usize>(input: &Tensor<D>, grad_input: Tensor<D>) -
     (input.clone() * g).sum().backward()
 }
 
-/// After the head's backward (`back`), carry the gradient through a model's stacks, last to
-/// first, and through the layers between them: every trainable parameter of `model` ends up in
-/// `grads`. `runs` are in forward order, one per stack; segments between stacks are ordinary
-/// autodiff graphs that end at the previous stack's output leaf.
-pub fn backward_through<M, F, const D: usize>(
+/// A part of a model that a [`StackRun`] went through and that carries dL/d(output) back to
+/// dL/d(input) itself: a residual [`Stack`] in any mode, or a model's own unscaled blocks
+/// under checkpointing.
+pub trait Segment<const D: usize> {
+    /// Carry `grad_output` back through `run`, adding the segment's parameter gradients to
+    /// `grads`; None when the caller's backward already did (a graph run).
+    fn backward_run(
+        &self,
+        run: StackRun<D>,
+        grad_output: Tensor<D>,
+        grads: &mut GradientsParams,
+    ) -> Option<Tensor<D>>;
+}
+
+impl<F: Residual<D> + ModuleDisplay, const D: usize> Segment<D> for Stack<F> {
+    fn backward_run(
+        &self,
+        run: StackRun<D>,
+        grad_output: Tensor<D>,
+        grads: &mut GradientsParams,
+    ) -> Option<Tensor<D>> {
+        self.backward(run, grad_output, grads)
+    }
+}
+
+/// After the head's backward (`back`), carry the gradient through a model's segments (its
+/// stacks), last to first, and through the layers between them: every trainable parameter of
+/// `model` ends up in `grads`. `runs` are in forward order, one per segment; what lies between
+/// segments is an ordinary autodiff graph that ends at the previous segment's output leaf.
+pub fn backward_through<M, const D: usize>(
     model: &M,
-    stacks: &[&Stack<F>],
+    segments: &[&dyn Segment<D>],
     runs: Vec<StackRun<D>>,
     mut back: Gradients,
     grads: &mut GradientsParams,
 ) where
     M: Module,
-    F: Residual<D> + ModuleDisplay,
 {
-    let mut pending: Vec<_> = stacks.iter().zip(runs).collect();
-    while let Some((stack, run)) = pending.pop() {
+    let mut pending: Vec<_> = segments.iter().zip(runs).collect();
+    while let Some((segment, run)) = pending.pop() {
         let g = run.output_grad(&back);
         accumulate(grads, &mut back, model);
         let Some(g) = g else { continue };
         let input = run.input.clone();
-        if let Some(g0) = stack.backward(run, g, grads) {
+        if let Some(g0) = segment.backward_run(run, g, grads) {
             back = push_to_input(&input, g0);
         }
     }
     accumulate(grads, &mut back, model);
+}
+
+/// How well a stack's inverse steps recover its forward trajectory x_0..x_S (S steps), each
+/// entry relative to ‖x_n‖ (index n = 0..S−1).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct Reconstruction {
+    /// ‖x̃_n − x_n‖ with x̃_n one inverse step from the true x_{n+1} (the per-step adjoint's
+    /// reconstruction: errors do not accumulate).
+    pub one_step: Vec<f64>,
+    /// ‖x̃_n − x_n‖ with x̃_n reversed step by step from x_S (the memory-free adjoint's).
+    pub chained: Vec<f64>,
+    /// ‖x_{n+1} − x_n‖: how far step n moves its input (‖f_n(x_n)/N‖ for Euler).
+    pub moves: Vec<f64>,
+}
+
+/// ‖a − b‖/‖b‖.
+pub fn relative_distance<const D: usize>(a: Tensor<D>, b: &Tensor<D>) -> f64 {
+    let norm = |t: Tensor<D>| crate::device::to_vec(&t.square().sum())[0].sqrt();
+    norm(a - b.clone()) / norm(b.clone())
 }
 
 /// A scalar loss's gradients through a stack in one gradient mode.
@@ -192,13 +282,7 @@ impl<F: Module + ModuleDisplay> Stack<F> {
     {
         if mode == GradMode::Backprop {
             let output = self.forward(x0.clone(), bn);
-            return StackRun {
-                input: x0,
-                output,
-                bn,
-                serial: false,
-                saved: Saved::Graph,
-            };
+            return StackRun::graph(x0, output, bn);
         }
         let mut stats = self.new_site_stats();
         let mut states = Vec::new();
@@ -393,17 +477,41 @@ impl<F: Module + ModuleDisplay> Stack<F> {
     where
         F: Residual<D>,
     {
-        let x0 = x0.without_autodiff();
-        let run = self.run(x0.clone(), GradMode::Adjoint, bn);
-        let Saved::Adjoint(mut stats) = run.saved else {
-            return f64::NAN;
+        let r = self.reconstruction(x0, bn);
+        r.chained.first().copied().unwrap_or(f64::NAN)
+    }
+
+    /// The inverse steps measured against one training forward from `x0` (`bn` mode, the
+    /// statistics the adjoint would use), step by step: see [`Reconstruction`].
+    pub fn reconstruction<const D: usize>(&self, x0: Tensor<D>, bn: BnMode) -> Reconstruction
+    where
+        F: Residual<D>,
+    {
+        let run = self.run(x0.without_autodiff(), GradMode::AdjointPerStep, bn);
+        let Saved::PerStep(mut stats, states) = run.saved else {
+            return Reconstruction::default();
         };
-        let mut x = run.output.without_autodiff();
-        for n in (0..self.steps()).rev() {
+        let steps = self.steps();
+        let one_step = (0..steps)
+            .map(|n| {
+                let x = self.reverse_step(n, states[n + 1].clone(), bn, &mut stats, None);
+                relative_distance(x, &states[n])
+            })
+            .collect();
+        let mut chained = vec![0.0; steps];
+        let mut x = states[steps].clone();
+        for n in (0..steps).rev() {
             x = self.reverse_step(n, x, bn, &mut stats, None);
+            chained[n] = relative_distance(x.clone(), &states[n]);
         }
-        let norm = |t: Tensor<D>| crate::device::to_vec(&t.square().sum())[0].sqrt();
-        norm(x - x0.clone()) / norm(x0)
+        let moves = (0..steps)
+            .map(|n| relative_distance(states[n + 1].clone(), &states[n]))
+            .collect();
+        Reconstruction {
+            one_step,
+            chained,
+            moves,
+        }
     }
 
     /// The stages of step n recomputed with a graph from a leaf at `x`, ready for

@@ -20,6 +20,7 @@ pub mod rng;
 
 pub use error::{Error, Result};
 pub mod device;
+pub mod doctor;
 pub mod grad;
 pub mod io;
 pub mod memory;

@@ -28,6 +28,29 @@ pub struct GradientError {
     pub min_cosine: f64,
 }
 
+impl GradientError {
+    /// Median per-tensor squared relative error (tensors named `bias` excluded, as for the
+    /// extremes); NaN when no tensor is left.
+    pub fn median_rel_sq_error(&self) -> f64 {
+        let mut v: Vec<f64> = self
+            .tensors
+            .iter()
+            .filter(|t| !t.name.contains("bias"))
+            .map(|t| t.rel_sq_error)
+            .collect();
+        if v.is_empty() {
+            return f64::NAN;
+        }
+        v.sort_by(f64::total_cmp);
+        let m = v.len() / 2;
+        if v.len() % 2 == 1 {
+            v[m]
+        } else {
+            0.5 * (v[m - 1] + v[m])
+        }
+    }
+}
+
 fn dot(a: &[f64], b: &[f64]) -> f64 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
 }

@@ -77,6 +77,24 @@ pub fn named<M: Module>(module: &M) -> Vec<NamedParam> {
     v.out
 }
 
+struct Values(Vec<f64>);
+
+impl ModuleVisitor for Values {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        if trainable(param) {
+            self.0.extend(crate::device::to_vec(&param.val()));
+        }
+    }
+}
+
+/// The values of every trainable parameter of `module`, concatenated in [`named`] order (θ as
+/// one vector, for distances between functions).
+pub fn flat_values<M: Module>(module: &M) -> Vec<f64> {
+    let mut v = Values(Vec::new());
+    module.visit(&mut v);
+    v.0
+}
+
 /// The gradient of every named parameter, flattened to f64 (zeros where a parameter got none).
 pub fn flat_grads<M: Module>(module: &M, grads: &GradientsParams) -> Vec<(String, Vec<f64>)> {
     named(module)

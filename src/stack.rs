@@ -207,6 +207,22 @@ impl<F: Module + ModuleDisplay> Stack<F> {
         self.integrate(x, 0, self.steps(), &mut pass, |_, _| {})
     }
 
+    /// A training-mode forward without a graph that leaves the running statistics alone
+    /// (batch statistics; running ones under `BnMode::Frozen`): a measurement's view of the
+    /// training forward.
+    pub fn replay<const D: usize>(&self, x: Tensor<D>, bn: BnMode) -> Tensor<D>
+    where
+        F: Residual<D>,
+    {
+        let mut pass = Pass {
+            bn,
+            phase: Phase::Replay,
+            stats: None,
+            plain: true,
+        };
+        self.integrate(x.without_autodiff(), 0, self.steps(), &mut pass, |_, _| {})
+    }
+
     /// Inference forward: running statistics, no graph.
     pub fn forward_eval<const D: usize>(&self, x: Tensor<D>) -> Tensor<D>
     where

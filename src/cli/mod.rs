@@ -1,6 +1,7 @@
 //! Command-line interface: argument parsing and printing; the work is done by the library.
 
 mod bench;
+mod doctor;
 mod experiment;
 mod gradcheck;
 mod train;
@@ -30,6 +31,8 @@ enum Command {
     Train(train::TrainArgs),
     /// Evaluate a trained run (a tied model at another depth: the ODE-like test).
     Eval(train::EvalArgs),
+    /// Is the adjoint safe for this model on this data? Per-stage numbers and a gradient mode.
+    Doctor(doctor::Args),
 }
 
 /// Device and precision flags shared by every command.
@@ -76,5 +79,6 @@ pub fn run() -> anyhow::Result<()> {
         Command::Experiment(e) => experiment::run(&e),
         Command::Train(a) => train::train(&a),
         Command::Eval(a) => train::eval(&a),
+        Command::Doctor(a) => doctor::run(&a),
     }
 }

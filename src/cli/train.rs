@@ -8,7 +8,7 @@ use resnet_ode::memory;
 use resnet_ode::models::{Arch, ModelSpec};
 use resnet_ode::rng::Rng;
 use resnet_ode::train::{
-    eval_run, step_memory, OptimizerConfig, TrainConfig, TrainOptions, TrainResult,
+    eval_run, step_memory, AutoGrad, OptimizerConfig, TrainConfig, TrainOptions, TrainResult,
 };
 use std::path::PathBuf;
 
@@ -25,7 +25,7 @@ pub struct TrainArgs {
     /// One residual function per stack, used at every depth (the ODE-like model).
     #[arg(long)]
     tied: bool,
-    /// CIFAR ResNets: He et al.'s unscaled blocks, relu(x + f(x)) (backprop only).
+    /// CIFAR ResNets: He et al.'s unscaled blocks, relu(x + f(x)) (backprop or checkpoint:K).
     #[arg(long)]
     original: bool,
     /// Residual functions per stack (TinyResNet: default 8; CIFAR ResNets: fixed by the name).
@@ -34,9 +34,14 @@ pub struct TrainArgs {
     /// Depth-integration scheme: euler or heun.
     #[arg(long, default_value = "euler")]
     scheme: String,
-    /// Gradient mode: backprop, adjoint, adjoint-serial, adjoint-per-step or checkpoint:K.
+    /// Gradient mode: backprop, adjoint, adjoint-serial, adjoint-per-step, checkpoint:K, or
+    /// auto[:TOL] (per stack: the adjoint where doctor's measured gradient error on the first
+    /// batch is under TOL, default 1e-2; checkpoint:K, K = round(√N), elsewhere).
     #[arg(long, default_value = "adjoint")]
     grad: String,
+    /// With --grad auto: decide again at the start of every this-many epochs.
+    #[arg(long)]
+    auto_recheck: Option<usize>,
     /// Batch-norm policy under the adjoint: cached, frozen or recompute.
     #[arg(long, default_value = "cached")]
     bn: String,
@@ -134,10 +139,11 @@ impl TrainArgs {
             weight_decay: self.weight_decay,
             ..OptimizerConfig::default()
         };
+        let (grad, auto) = self.grad_policy()?;
         Ok(TrainConfig {
             data: data.to_string(),
             model,
-            grad: self.grad.parse()?,
+            grad,
             bn: self.bn.parse()?,
             epochs: self.epochs,
             batch_size: self.batch_size,
@@ -150,7 +156,23 @@ impl TrainArgs {
             limit_test: self.limit_test,
             augment,
             adaptive_lr: self.adaptive_lr,
+            auto,
         })
+    }
+
+    /// `--grad` and `--auto-recheck`: a fixed mode, or the adjoint under the auto policy.
+    fn grad_policy(&self) -> anyhow::Result<(GradMode, Option<AutoGrad>)> {
+        if !self.grad.starts_with("auto") {
+            if self.auto_recheck.is_some() {
+                anyhow::bail!("invalid --auto-recheck: applies to --grad auto only");
+            }
+            return Ok((self.grad.parse()?, None));
+        }
+        let auto = AutoGrad {
+            recheck_epochs: self.auto_recheck,
+            ..self.grad.parse::<AutoGrad>()?
+        };
+        Ok((GradMode::Adjoint, Some(auto)))
     }
 }
 
@@ -164,12 +186,16 @@ pub fn train(a: &TrainArgs) -> anyhow::Result<()> {
         progress: true,
         stop_after: None,
     };
+    let grad = match config.auto {
+        Some(a) => format!("auto:{:e}", a.tol),
+        None => config.grad.to_string(),
+    };
     println!(
         "training {} (depth {}, {}, {} gradients, BN {}) on {} for {} epochs → {}",
         config.model.arch,
         config.model.stack_depth()?,
         config.model.scheme,
-        config.grad,
+        grad,
         config.bn,
         config.data,
         config.epochs,
@@ -202,10 +228,13 @@ fn summarise(result: &TrainResult) {
 /// for a backprop run, the adjoint) needs, both measured on one step of a copy of the model
 /// with a random batch of the training shape.
 fn compare_memory(result: &TrainResult, config: &TrainConfig, p: &resnet_ode::device::Placement) {
-    if !memory::is_counting() || result.model.stacks().is_empty() {
+    let ours = &result.grad_modes;
+    let all_backprop = ours.iter().all(|&m| m == GradMode::Backprop);
+    // A backprop run is compared with the adjoint, which needs a depth-scaled stack.
+    if !memory::is_counting() || (all_backprop && result.model.stacks().is_empty()) {
         return;
     }
-    let other = if config.grad == GradMode::Backprop {
+    let other = if all_backprop {
         GradMode::Adjoint
     } else {
         GradMode::Backprop
@@ -224,12 +253,14 @@ fn compare_memory(result: &TrainResult, config: &TrainConfig, p: &resnet_ode::de
         height: i.height,
         width: i.width,
     };
-    let measure = |mode| step_memory(&result.model, p, &batch, i.classes, mode, config.bn);
-    let (ours, theirs) = (measure(config.grad), measure(other));
+    let measure =
+        |modes: &[GradMode]| step_memory(&result.model, p, &batch, i.classes, modes, config.bn);
+    let names: Vec<String> = ours.iter().map(|m| m.to_string()).collect();
+    let (ours, theirs) = (measure(ours), measure(&[other]));
     let mib = |bytes: usize| bytes as f64 / (1024.0 * 1024.0);
     println!(
         "activation memory of one step (batch {b}, measured): {} {:.2} MiB; {} would need {:.2} MiB ({:.1}×)",
-        config.grad,
+        names.join("/"),
         mib(ours),
         other,
         mib(theirs),

@@ -6,19 +6,21 @@
 //! N = n − 1 conv blocks `x ← x + f(x)/N`, trainable in any gradient mode, followed by a ReLU
 //! (the stage-final `relu2` of the paper's implicit ResNets, paper.md §3.2). The original form
 //! keeps He et al.'s unscaled `relu(x + f(x))` blocks; its ReLU after every addition is not
-//! invertible, so it trains with backprop only.
+//! invertible, so it trains with backprop or checkpointing (`checkpoint:K`), never the adjoint.
 
 use super::layers::{BasicBlock, Head, Pool, Stem};
-use super::InputShape;
+use super::{InputShape, StageView};
 use crate::device::Placement;
-use crate::grad::{GradMode, StackRun};
-use crate::norm::{BnMode, Norm};
+use crate::grad::{mode_at, GradMode, Segment, StackRun};
+use crate::norm::{BnMode, Norm, Phase};
+use crate::params::{accumulate, plain_view};
 use crate::residual::{ConvBlock, ConvBlockConfig};
 use crate::rng::Rng;
 use crate::scheme::Scheme;
 use crate::stack::Stack;
 use crate::{Error, Result};
 use burn::module::Module;
+use burn::optim::GradientsParams;
 use burn::tensor::activation::relu;
 use burn::tensor::Tensor;
 
@@ -112,16 +114,17 @@ pub struct Stage {
 pub enum Rest {
     /// N = n − 1 conv blocks integrated with step 1/N (any gradient mode).
     Scaled(Stack<ConvBlock>),
-    /// He et al.'s unscaled `relu(x + f(x))` blocks (backprop only).
+    /// He et al.'s unscaled `relu(x + f(x))` blocks (backprop or checkpointing).
     Original(Vec<BasicBlock>),
 }
 
 impl CifarResNet {
     /// Training forward: logits and one run per scaled stack, in forward order.
+    /// Segment i of [`CifarResNet::segments`] runs in [`mode_at`]`(modes, i)`.
     pub fn forward_train(
         &self,
         x: Tensor<4>,
-        mode: GradMode,
+        modes: &[GradMode],
         bn: BnMode,
     ) -> (Tensor<2>, Vec<StackRun<4>>) {
         let mut x = self.stem.forward(x, &mut Norm::train(bn));
@@ -130,14 +133,17 @@ impl CifarResNet {
             x = stage.first.forward(x, &mut Norm::train(bn));
             x = match &stage.rest {
                 Rest::Scaled(stack) => {
-                    let run = stack.run(x, mode, bn);
+                    let run = stack.run(x, mode_at(modes, runs.len()), bn);
                     let out = relu(run.output.clone());
                     runs.push(run);
                     out
                 }
-                Rest::Original(blocks) => blocks
-                    .iter()
-                    .fold(x, |x, b| b.forward(x, &mut Norm::train(bn))),
+                Rest::Original(blocks) => {
+                    let run = original_run(blocks, x, mode_at(modes, runs.len()), bn);
+                    let out = run.output.clone();
+                    runs.push(run);
+                    out
+                }
             };
         }
         (self.head.forward(Pool::Global.forward(x)), runs)
@@ -158,6 +164,42 @@ impl CifarResNet {
         self.head.forward(Pool::Global.forward(x))
     }
 
+    /// Each stage's blocks after the first with their input (see [`Model::stage_inputs`]).
+    pub(super) fn stage_inputs(&self, x: Tensor<4>, bn: BnMode) -> Vec<(StageView<'_>, Tensor<4>)> {
+        let norm = || Norm::new(bn, Phase::Replay, None);
+        let mut x = plain_view(&self.stem).forward(x, &mut norm());
+        let mut out = Vec::new();
+        for stage in &self.stages {
+            x = plain_view(&stage.first).forward(x, &mut norm());
+            let input = x.clone();
+            x = match &stage.rest {
+                Rest::Scaled(stack) => {
+                    out.push((StageView::Scaled(stack), input));
+                    relu(stack.replay(x, bn))
+                }
+                Rest::Original(blocks) => {
+                    out.push((StageView::Original(blocks), input));
+                    blocks
+                        .iter()
+                        .fold(x, |x, b| plain_view(b).forward(x, &mut norm()))
+                }
+            };
+        }
+        out
+    }
+
+    /// What carries gradients back by itself, one per stage in forward order: the scaled
+    /// stacks, or the unscaled blocks of an original model.
+    pub fn segments(&self) -> Vec<&dyn Segment<4>> {
+        self.stages
+            .iter()
+            .map(|s| match &s.rest {
+                Rest::Scaled(stack) => stack as &dyn Segment<4>,
+                Rest::Original(blocks) => blocks as &dyn Segment<4>,
+            })
+            .collect()
+    }
+
     /// The scaled stacks, in forward order.
     pub fn stacks(&self) -> Vec<&Stack<ConvBlock>> {
         self.stages
@@ -167,5 +209,60 @@ impl CifarResNet {
                 Rest::Original(_) => None,
             })
             .collect()
+    }
+}
+
+/// One stage's unscaled blocks through a training forward: backprop (the graph), or
+/// `checkpoint:K` (every K-th state kept without a graph, running statistics updated here,
+/// once; [`Segment::backward_run`] recomputes each segment with a graph). No other mode can
+/// run on them (`ModelSpec::check`); they get backprop.
+pub fn original_run(
+    blocks: &[BasicBlock],
+    x: Tensor<4>,
+    mode: GradMode,
+    bn: BnMode,
+) -> StackRun<4> {
+    let GradMode::Checkpoint(k) = mode else {
+        let out = blocks
+            .iter()
+            .fold(x.clone(), |x, b| b.forward(x, &mut Norm::train(bn)));
+        return StackRun::graph(x, out, bn);
+    };
+    let mut states = Vec::new();
+    let mut h = x.clone().without_autodiff();
+    for (i, b) in blocks.iter().enumerate() {
+        if i % k == 0 {
+            states.push(h.clone());
+        }
+        h = plain_view(b).forward(h, &mut Norm::train(bn));
+    }
+    StackRun::checkpointed(x, h, k, states, bn)
+}
+
+impl Segment<4> for Vec<BasicBlock> {
+    /// Exact gradients of a checkpointed run: each segment of K blocks recomputed with a graph
+    /// from its kept state (batch statistics, no running-statistics update), last first.
+    fn backward_run(
+        &self,
+        run: StackRun<4>,
+        grad_output: Tensor<4>,
+        grads: &mut GradientsParams,
+    ) -> Option<Tensor<4>> {
+        let (k, states, bn) = run.into_checkpoint()?;
+        let mut g = grad_output.without_autodiff();
+        for (s, x) in states.iter().enumerate().rev() {
+            let blocks = &self[s * k..((s + 1) * k).min(self.len())];
+            let leaf = x.clone().autodiff().require_grad();
+            let y = blocks.iter().fold(leaf.clone(), |x, b| {
+                b.forward(x, &mut Norm::new(bn, Phase::Replay, None))
+            });
+            let mut back = (y * g.clone().autodiff()).sum().backward();
+            blocks.iter().for_each(|b| accumulate(grads, &mut back, b));
+            g = match leaf.grad_remove(&mut back) {
+                Some(gx) => gx.without_autodiff(),
+                None => g.zeros_like(),
+            };
+        }
+        Some(g)
     }
 }

@@ -100,10 +100,21 @@ impl BasicBlock {
     }
 
     pub fn forward(&self, x: Tensor<4>, norm: &mut Norm) -> Tensor<4> {
+        relu(self.pre_activation(x, norm))
+    }
+
+    /// `g(x) + shortcut(x)`, the sum before the block's final ReLU; `g(x) = bn2(conv2(relu(bn1(conv1
+    /// x))))` is the residual branch (`doctor` measures how much that ReLU clips).
+    pub fn pre_activation(&self, x: Tensor<4>, norm: &mut Norm) -> Tensor<4> {
         let cout = self.bn2.gamma.dims()[0];
         let shortcut = shortcut_a(x.clone(), self.stride, cout);
+        self.residual(x, norm) + shortcut
+    }
+
+    /// The residual branch g(x) alone.
+    pub fn residual(&self, x: Tensor<4>, norm: &mut Norm) -> Tensor<4> {
         let h = relu(self.bn1.forward(self.conv1.forward(x), norm));
-        relu(self.bn2.forward(self.conv2.forward(h), norm) + shortcut)
+        self.bn2.forward(self.conv2.forward(h), norm)
     }
 }
 

@@ -4,19 +4,19 @@
 //! paper.md §3.2) and untying ([`Model::untie`], paper.md §3.5).
 //!
 //! Every model exposes `forward_train(x, mode, bn) -> (logits, runs)`; the backward is
-//! [`crate::grad::backward_through`] over [`Model::stacks`] and those runs.
+//! [`crate::grad::backward_through`] over [`Model::segments`] and those runs.
 
 mod cifar;
 mod layers;
 mod tiny;
 
-pub use cifar::{CifarConfig, CifarResNet, Rest, Stage, STAGE_CHANNELS};
+pub use cifar::{original_run, CifarConfig, CifarResNet, Rest, Stage, STAGE_CHANNELS};
 pub use layers::{BasicBlock, Head, Pool, Stem, StridedConv};
 pub use tiny::{TinyConfig, TinyResNet, PAPER_STEM_MIN_SIZE};
 
 use crate::device::Placement;
-use crate::grad::{GradMode, StackRun};
-use crate::norm::BnMode;
+use crate::grad::{mode_at, GradMode, Segment, StackRun};
+use crate::norm::{BnMode, Norm, Phase};
 use crate::params::{independent_copy, plain_view};
 use crate::residual::ConvBlock;
 use crate::rng::Rng;
@@ -91,7 +91,7 @@ pub struct ModelSpec {
     pub depth: Option<usize>,
     pub scheme: Scheme,
     pub tied: bool,
-    /// CIFAR ResNets only: He et al.'s unscaled blocks (backprop only).
+    /// CIFAR ResNets only: He et al.'s unscaled blocks (backprop or checkpointing).
     pub original: bool,
     /// TinyResNet's channels P.
     pub planes: usize,
@@ -146,8 +146,8 @@ impl ModelSpec {
                 "the unscaled original has no tied variant; drop --tied",
             ));
         }
-        if self.original && mode != GradMode::Backprop {
-            return Err(Error::invalid("--grad", format!("{mode}: the unscaled original (--original) applies a ReLU after every addition, which cannot be inverted; use --grad backprop")));
+        if self.original && !matches!(mode, GradMode::Backprop | GradMode::Checkpoint(_)) {
+            return Err(Error::invalid("--grad", format!("{mode}: the unscaled original (--original) applies a ReLU after every addition, which cannot be inverted; use --grad backprop or checkpoint:K")));
         }
         if self.arch == Arch::Tiny && self.planes == 0 {
             return Err(Error::invalid(
@@ -191,6 +191,13 @@ impl ModelSpec {
     }
 }
 
+/// A residual stage as `doctor` sees it: a depth-scaled stack, or He et al.'s unscaled
+/// `relu(x + g(x))` blocks (a CIFAR ResNet's blocks after each stage's first with `--original`).
+pub enum StageView<'a> {
+    Scaled(&'a Stack<ConvBlock>),
+    Original(&'a Vec<BasicBlock>),
+}
+
 /// Any of the models, so a trainer, a checkpoint and `eval` handle them alike.
 #[derive(Module, Debug)]
 pub enum Model {
@@ -208,9 +215,36 @@ impl Model {
         mode: GradMode,
         bn: BnMode,
     ) -> (Tensor<2>, Vec<StackRun<4>>) {
+        self.forward_train_modes(x, &[mode], bn)
+    }
+
+    /// Training forward with a gradient mode per segment: segment i of [`Model::segments`]
+    /// (the stacks, or an original model's unscaled stages) runs in [`mode_at`]`(modes, i)`
+    /// (the last entry for segments beyond the slice, so `&[mode]` is one mode for all). The
+    /// hybrid policy (`--grad auto`) gives each stack its own mode.
+    pub fn forward_train_modes(
+        &self,
+        x: Tensor<4>,
+        modes: &[GradMode],
+        bn: BnMode,
+    ) -> (Tensor<2>, Vec<StackRun<4>>) {
         match self {
-            Model::Tiny(m) => m.forward_train(x, mode, bn),
-            Model::Cifar(m) => m.forward_train(x, mode, bn),
+            Model::Tiny(m) => m.forward_train(x, mode_at(modes, 0), bn),
+            Model::Cifar(m) => m.forward_train(x, modes, bn),
+        }
+    }
+
+    /// Every residual stage with its input on batch `x`: batch statistics (running statistics
+    /// under `BnMode::Frozen`), no graph, running statistics left alone. What `doctor`
+    /// measures each stage from.
+    pub fn stage_inputs(&self, x: Tensor<4>, bn: BnMode) -> Vec<(StageView<'_>, Tensor<4>)> {
+        let x = x.detach().without_autodiff();
+        match self {
+            Model::Tiny(m) => {
+                let x0 = plain_view(&m.stem).forward(x, &mut Norm::new(bn, Phase::Replay, None));
+                vec![(StageView::Scaled(&m.stack), x0)]
+            }
+            Model::Cifar(m) => m.stage_inputs(x, bn),
         }
     }
 
@@ -220,6 +254,22 @@ impl Model {
         match plain_view(self) {
             Model::Tiny(m) => m.forward_plain(x),
             Model::Cifar(m) => m.forward_plain(x),
+        }
+    }
+
+    /// The same model with every stack integrated by `scheme` (independent copy; Heun takes
+    /// N − 1 steps of the same N functions, so this is another network unless N is large).
+    pub fn with_scheme(&self, scheme: Scheme) -> Result<Model> {
+        self.copy_with_stacks(|s| independent_copy(s).with_scheme(scheme))
+    }
+
+    /// What [`crate::grad::backward_through`] carries gradients through, one per run of
+    /// [`Model::forward_train`], in forward order: the residual stacks, or an original CIFAR
+    /// ResNet's unscaled stages.
+    pub fn segments(&self) -> Vec<&dyn Segment<4>> {
+        match self {
+            Model::Tiny(m) => vec![&m.stack],
+            Model::Cifar(m) => m.segments(),
         }
     }
 

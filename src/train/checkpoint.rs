@@ -1,7 +1,7 @@
 //! The files of a run directory, each written atomically:
 //!
-//! - `run.json`: the configuration, input shape and normalisation (written once; `eval` and
-//!   `--resume` rebuild the model from it);
+//! - `run.json`: the configuration, input shape and normalisation (written once, and again
+//!   when `--grad auto` decides; `eval` and `--resume` rebuild the model from it);
 //! - `model-EEEE.safetensors`, `optimizer-EEEE.safetensors`: weights (with running statistics)
 //!   and optimizer buffers after epoch EEEE;
 //! - `state.json`: the epoch, RNG state, optimizer step count, metrics so far and the names of
@@ -30,6 +30,9 @@ pub struct RunRecord {
     pub input: InputShape,
     /// Training-set statistics applied to both sets.
     pub normalization: Normalization,
+    /// `--grad auto`'s per-stack decisions, in epoch order (rewritten at each recheck).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub grad_decisions: Vec<super::GradDecision>,
 }
 
 /// Everything besides weights and buffers needed to continue a run exactly.

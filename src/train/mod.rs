@@ -72,6 +72,84 @@ pub struct TrainConfig {
     /// one lr for all a deep stack's residual map moves N times slower than a shallow one's.
     #[serde(default)]
     pub adaptive_lr: bool,
+    /// `--grad auto[:TOL]`: the hybrid per-stage policy (then `grad` is the adjoint, the mode
+    /// of the stages the policy finds safe).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto: Option<AutoGrad>,
+}
+
+/// The hybrid policy of `--grad auto[:TOL]`: each stack trains with the adjoint where the
+/// adjoint's gradient error measured by `doctor` ([`crate::doctor::auto_modes`]) on the first
+/// training batch is under `tol`, with `checkpoint:K` (K = round(√steps)) elsewhere.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct AutoGrad {
+    pub tol: f64,
+    /// Decide again at the start of every this-many epochs, on the then current model
+    /// (`--auto-recheck`); None: once, before the first step.
+    #[serde(default)]
+    pub recheck_epochs: Option<usize>,
+}
+
+impl std::str::FromStr for AutoGrad {
+    type Err = Error;
+    /// `auto` or `auto:TOL`.
+    fn from_str(s: &str) -> Result<Self> {
+        let tol = match s.strip_prefix("auto") {
+            Some("") => crate::doctor::DEFAULT_TOL,
+            Some(t) => t
+                .strip_prefix(':')
+                .and_then(|t| t.parse::<f64>().ok())
+                .ok_or_else(|| {
+                    Error::invalid(
+                        "--grad",
+                        format!("`{s}`: expected auto or auto:TOL (e.g. auto:1e-2)"),
+                    )
+                })?,
+            None => return Err(Error::invalid("--grad", format!("`{s}`: not auto[:TOL]"))),
+        };
+        crate::doctor::check_tol(tol, "--grad")?;
+        Ok(Self {
+            tol,
+            recheck_epochs: None,
+        })
+    }
+}
+
+/// The modes `--grad auto` chose at the start of one epoch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GradDecision {
+    /// Epochs finished when it was decided (0: before the first step).
+    pub epoch: usize,
+    /// One per stack of [`Model::stacks`].
+    pub stages: Vec<crate::doctor::StageChoice>,
+}
+
+impl GradDecision {
+    pub fn modes(&self) -> Vec<GradMode> {
+        self.stages.iter().map(|s| s.mode).collect()
+    }
+
+    /// One line for the terminal.
+    pub fn describe(&self, tol: f64) -> String {
+        let stages: Vec<String> = self
+            .stages
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                format!(
+                    "stack {}: {} (gradient error {:.2e})",
+                    i + 1,
+                    s.mode,
+                    s.max_rel_sq_error
+                )
+            })
+            .collect();
+        format!(
+            "--grad auto (tol {tol:.0e}) at epoch {}: {}",
+            self.epoch,
+            stages.join("; ")
+        )
+    }
 }
 
 impl Default for TrainConfig {
@@ -96,6 +174,7 @@ impl Default for TrainConfig {
             limit_test: None,
             augment: false,
             adaptive_lr: false,
+            auto: None,
         }
     }
 }
@@ -130,6 +209,15 @@ impl TrainConfig {
             }
         }
         self.optimizer.check()?;
+        if let Some(a) = self.auto {
+            crate::doctor::check_tol(a.tol, "--grad")?;
+            if a.recheck_epochs == Some(0) {
+                return Err(Error::invalid("--auto-recheck", "must be at least 1"));
+            }
+            if self.model.original {
+                return Err(Error::invalid("--grad", "auto: the unscaled original (--original) has no depth-scaled stack to choose a mode for; use --grad checkpoint:K (doctor's recommendation for its ReLU blocks) or backprop"));
+            }
+        }
         self.model.check(self.grad)
     }
 }
@@ -179,6 +267,8 @@ pub struct TrainResult {
     pub model: Model,
     pub input: InputShape,
     pub normalization: Normalization,
+    /// The gradient mode of each stack at the end (one entry: every stack).
+    pub grad_modes: Vec<GradMode>,
 }
 
 impl TrainResult {
@@ -264,6 +354,7 @@ pub fn train_on(
         model,
         input: data.input,
         normalization: data.normalization,
+        grad_modes: run.modes,
     })
 }
 
@@ -294,6 +385,12 @@ struct Run<'a> {
     epoch: usize,
     /// The last committed checkpoint.
     saved: Option<TrainState>,
+    /// The gradient mode of each stack (one entry: every stack).
+    modes: Vec<GradMode>,
+    /// `--grad auto`'s decisions so far (recorded in `run.json`).
+    decisions: Vec<GradDecision>,
+    /// Print the decisions (the progress flag: a terminal is watching).
+    verbose: bool,
     /// What this call created in `out` for a fresh run (see [`Run::discard_unfinished`]).
     created: Created,
 }
@@ -309,12 +406,32 @@ enum Created {
 /// Creates run directory `dir` with its `run.json` (a bad `--out` fails before any training).
 fn new_run_dir(dir: &Path, config: &TrainConfig, data: &Prepared) -> Result<()> {
     ensure_writable_dir(dir)?;
+    write_record(dir, config, data, Vec::new())
+}
+
+fn write_record(
+    dir: &Path,
+    config: &TrainConfig,
+    data: &Prepared,
+    grad_decisions: Vec<GradDecision>,
+) -> Result<()> {
     let record = RunRecord {
         config: config.clone(),
         input: data.input,
         normalization: data.normalization.clone(),
+        grad_decisions,
     };
     write_json(&dir.join(RUN_FILE), &record)
+}
+
+/// The first `batch_size` training images in order (no shuffle, no augmentation): where
+/// `--grad auto` measures, the same batch on every call, consuming no randomness.
+fn first_batch(data: &Prepared, batch_size: usize, p: &Placement) -> Result<DeviceBatch> {
+    let mut rng = Rng::new(0);
+    let batch = batches(data.train.clone(), batch_size, false, None, &mut rng, false)?
+        .next()
+        .ok_or_else(|| Error::invalid("--data", "the training set is empty"))?;
+    Ok(DeviceBatch::new(p, &batch, data.input.classes))
 }
 
 impl<'a> Run<'a> {
@@ -337,7 +454,7 @@ impl<'a> Run<'a> {
                 if !options.resume {
                     return Err(Error::invalid("--out", format!("{} already holds a run: pass --resume to continue it, or choose another --out", dir.display())));
                 }
-                return Self::resume(config, p, dir, data);
+                return Self::resume(config, p, dir, data, options.progress);
             }
         } else if options.resume {
             return Err(Error::invalid(
@@ -362,7 +479,7 @@ impl<'a> Run<'a> {
             }
             None => Created::Nothing,
         };
-        let run = Self {
+        let mut run = Self {
             config,
             p,
             out,
@@ -372,7 +489,12 @@ impl<'a> Run<'a> {
             epoch: 0,
             saved: None,
             created,
+            modes: vec![config.grad],
+            decisions: Vec::new(),
+            verbose: options.progress,
         };
+        run.decide(&model, data)
+            .inspect_err(|_| run.discard_unfinished())?;
         Ok((run, model))
     }
 
@@ -382,6 +504,7 @@ impl<'a> Run<'a> {
         p: &'a Placement,
         dir: &Path,
         data: &Prepared,
+        verbose: bool,
     ) -> Result<(Self, Model)> {
         let record: RunRecord = read_json(&dir.join(RUN_FILE))?;
         let differ = checkpoint::config_differences(&record.config, config);
@@ -410,6 +533,11 @@ impl<'a> Run<'a> {
             p,
             &dir.join(&state.buffers),
         )?;
+        let decisions = record.grad_decisions;
+        let modes = match decisions.iter().rev().find(|d| d.epoch <= state.epoch) {
+            Some(d) => d.modes(),
+            None => vec![config.grad],
+        };
         let run = Self {
             config,
             p,
@@ -420,12 +548,52 @@ impl<'a> Run<'a> {
             epoch: state.epoch,
             saved: Some(state),
             created: Created::Nothing,
+            modes,
+            decisions,
+            verbose,
         };
         Ok((run, model))
     }
 
+    /// `--grad auto`: choose each stack's mode on the first training batch (before the first
+    /// epoch, and at the start of every `recheck_epochs`-th), print it, record it in
+    /// `run.json`. A decision already recorded for this epoch (a resumed run) is replaced by
+    /// the same one: the model and the batch are those it was made on.
+    fn decide(&mut self, model: &Model, data: &Prepared) -> Result<()> {
+        let Some(auto) = self.config.auto else {
+            return Ok(());
+        };
+        let due = match (self.epoch, auto.recheck_epochs) {
+            (0, _) => true,
+            (e, Some(r)) => e.is_multiple_of(r),
+            _ => false,
+        };
+        if !due {
+            return Ok(());
+        }
+        let batch = first_batch(data, self.config.batch_size, self.p)?;
+        let stages = crate::doctor::auto_modes(model, &batch, self.config.bn, auto.tol)?;
+        let decision = GradDecision {
+            epoch: self.epoch,
+            stages,
+        };
+        if self.verbose {
+            println!("{}", decision.describe(auto.tol));
+        }
+        self.modes = decision.modes();
+        self.decisions.retain(|d| d.epoch < self.epoch);
+        self.decisions.push(decision);
+        match &self.out {
+            Some(dir) => write_record(dir, self.config, data, self.decisions.clone()),
+            None => Ok(()),
+        }
+    }
+
     /// Trains one epoch, evaluates, logs and checkpoints.
     fn epoch_step(&mut self, model: Model, data: &Prepared, progress: bool) -> Result<Model> {
+        if self.epoch > 0 {
+            self.decide(&model, data)?;
+        }
         let (model, train) = self.train_epoch(model, data, progress)?;
         let (test_loss, test_acc) = evaluate(&model, &data.test, self.p)?;
         if !test_loss.is_finite() {
@@ -481,7 +649,7 @@ impl<'a> Run<'a> {
             lr = c.schedule.lr(c.lr, c.warmup_epochs, at);
             let device_batch = DeviceBatch::new(self.p, &batch, data.input.classes);
             let (step, bytes) =
-                memory::measure(|| step_gradients(&model, &device_batch, c.grad, c.bn));
+                memory::measure(|| step_gradients_modes(&model, &device_batch, &self.modes, c.bn));
             if !step.loss.is_finite() {
                 return Err(self.non_finite(k, steps));
             }
@@ -597,13 +765,23 @@ pub struct StepGrads {
 /// Loss, correct predictions and every parameter's gradient for one batch, with the stacks'
 /// gradients taken in `mode` (the forward updates the running statistics once).
 pub fn step_gradients(model: &Model, batch: &DeviceBatch, mode: GradMode, bn: BnMode) -> StepGrads {
-    let (logits, runs) = model.forward_train(batch.images.clone(), mode, bn);
+    step_gradients_modes(model, batch, &[mode], bn)
+}
+
+/// [`step_gradients`] with a gradient mode per stack (see [`Model::forward_train_modes`]).
+pub fn step_gradients_modes(
+    model: &Model,
+    batch: &DeviceBatch,
+    modes: &[GradMode],
+    bn: BnMode,
+) -> StepGrads {
+    let (logits, runs) = model.forward_train_modes(batch.images.clone(), modes, bn);
     let (_, correct) = score(&logits, &batch.labels);
     let loss = cross_entropy(logits, batch.one_hot.clone());
     let value = to_vec(&loss).first().copied().unwrap_or(f64::NAN);
     let mut grads = GradientsParams::new();
     if value.is_finite() {
-        backward_through(model, &model.stacks(), runs, loss.backward(), &mut grads);
+        backward_through(model, &model.segments(), runs, loss.backward(), &mut grads);
     }
     StepGrads {
         loss: value,
@@ -632,19 +810,19 @@ pub fn evaluate(model: &Model, test: &Arc<Dataset>, p: &Placement) -> Result<(f6
     Ok((loss / n, correct as f64 / n))
 }
 
-/// Peak heap bytes of one training step's forward and backward in `mode`, on an independent
+/// Peak heap bytes of one training step's forward and backward in `modes` (one per stack), on an independent
 /// copy of `model` (its running statistics are left alone). 0 without the counting allocator.
 pub fn step_memory(
     model: &Model,
     p: &Placement,
     batch: &Batch,
     classes: usize,
-    mode: GradMode,
+    modes: &[GradMode],
     bn: BnMode,
 ) -> usize {
     let copy = independent_copy(model);
     let b = DeviceBatch::new(p, batch, classes);
-    memory::measure(|| drop(step_gradients(&copy, &b, mode, bn))).1
+    memory::measure(|| drop(step_gradients_modes(&copy, &b, modes, bn))).1
 }
 
 /// Rebuilds the model a run record describes and loads `weights` into it.
