@@ -54,7 +54,10 @@ fi
 export XDG_DATA_HOME="$CACHE/xdg"
 mkdir -p "$XDG_DATA_HOME/tracel"
 ln -sfn "$LLVM_DIR/mlc_llvm_static/static" "$XDG_DATA_HOME/tracel/tracel-llvm-23.1.0-4"
-touch "$XDG_DATA_HOME/tracel/tracel-llvm-23.1.0-4/.tracel-llvm-installed"
+# Created once: the bundler's build script reruns (and cubecl and burn rebuild) whenever the
+# marker's modification time changes.
+marker="$XDG_DATA_HOME/tracel/tracel-llvm-23.1.0-4/.tracel-llvm-installed"
+[ -e "$marker" ] || touch "$marker"
 "$XDG_DATA_HOME/tracel/tracel-llvm-23.1.0-4/bin/llvm-config" --targets-built | grep -q NVPTX \
   || { echo "the unpacked LLVM lacks the NVPTX target" >&2; exit 1; }
 

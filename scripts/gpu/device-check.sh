@@ -4,7 +4,7 @@
 # carried along. Its log goes to $OUT/device-check.log and every output file into
 # $OUT/device-check.tar.gz (the device tool returns at most 8 files); default OUT: out/device-check.
 #
-#   scripts/gpu/device-check.sh            # bounded by DEADLINE seconds (default 400) in all
+#   scripts/gpu/device-check.sh            # bounded by DEADLINE seconds (default 450) in all
 #
 # Order: environment, correctness (gradcheck on cuda:0 and libtorch-cuda:0 against flex on the
 # same machine; a short digits training), then memory (bench memory: one process per
@@ -16,7 +16,7 @@ set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 OUT="${OUT:-out/device-check}"; mkdir -p "$OUT"
 WORK=$(mktemp -d /tmp/device-check.XXXX)
-DEADLINE="${DEADLINE:-400}"; T0=$(date +%s)
+DEADLINE="${DEADLINE:-450}"; T0=$(date +%s)
 exec > >(tee -a "$OUT/device-check.log") 2>&1
 say() { printf '\n== [%3ds] %s\n' "$(( $(date +%s) - T0 ))" "$*"; }
 # run CAP NAME CMD...: CMD under timeout min(CAP, time left), output to $OUT/NAME.txt and here.
@@ -44,18 +44,23 @@ ls "$CUDA_PATH"/nvvm/libdevice 2>&1 | head -2
 echo "ldd misses:"; ldd "$BIN" | grep 'not found' || echo "  none"
 grep -m1 'model name' /proc/cpuinfo; nproc
 
+pids=()
 say "correctness: gradcheck --depth 64 (mlp euler/heun, conv euler) on flex, cuda:0, libtorch-cuda:0, in parallel"
 for dev in flex cuda:0 libtorch-cuda:0; do
   for cfg in "mlp euler" "mlp heun" "conv euler"; do
     set -- $cfg; tag="gradcheck-${dev%%:*}-$1-$2"
     run 120 "$tag" "$BIN" gradcheck --depth 64 --residual "$1" --scheme "$2" --device "$dev" --json "$WORK/$tag.json" &
+    pids+=($!)
   done
 done
 for dev in cuda:0 libtorch-cuda:0; do
   run 120 "train-${dev%%:*}" "$BIN" train --device "$dev" --epochs 3 --out "/tmp/run-${dev%%:*}" &
+  pids+=($!)
 done
 run 120 train-flex "$BIN" train --epochs 3 --out /tmp/run-flex &
-wait
+pids+=($!)
+# The jobs by pid: a bare `wait` would also wait for the log's `tee`, which never ends.
+wait "${pids[@]}"
 python3 - "$WORK" <<'PY'
 import json, sys, glob, os
 out = sys.argv[1]
