@@ -21,6 +21,7 @@ pub mod rng;
 pub use error::{Error, Result};
 pub mod device;
 pub mod grad;
+pub mod import;
 pub mod io;
 pub mod memory;
 pub mod metrics;

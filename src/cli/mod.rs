@@ -3,6 +3,7 @@
 mod bench;
 mod experiment;
 mod gradcheck;
+mod pretrained;
 mod train;
 
 use clap::{Parser, Subcommand};
@@ -28,8 +29,11 @@ enum Command {
     Experiment(experiment::Experiment),
     /// Train a ResNet on images in any gradient mode.
     Train(train::TrainArgs),
-    /// Evaluate a trained run (a tied model at another depth: the ODE-like test).
+    /// Evaluate a trained run (a tied model at another depth: the ODE-like test), or a
+    /// pretrained PyTorch checkpoint on images (--init).
     Eval(train::EvalArgs),
+    /// Write a run or a checkpoint as safetensors with PyTorch's key names.
+    Export(pretrained::ExportArgs),
 }
 
 /// Device and precision flags shared by every command.
@@ -60,5 +64,6 @@ pub fn run() -> anyhow::Result<()> {
         Command::Experiment(e) => experiment::run(&e),
         Command::Train(a) => train::train(&a),
         Command::Eval(a) => train::eval(&a),
+        Command::Export(a) => pretrained::run_export(&a),
     }
 }

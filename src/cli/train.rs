@@ -1,5 +1,6 @@
 //! `resnet-ode train` and `resnet-ode eval`: flags in, the library's trainer, a summary out.
 
+use super::pretrained::{eval_init, import_spec, InitArgs};
 use super::DeviceArgs;
 use anyhow::Context;
 use resnet_ode::data::{Batch, DataSpec};
@@ -95,15 +96,32 @@ pub struct TrainArgs {
     device: DeviceArgs,
 }
 
-/// Evaluate a run (a tied model at another depth: the ODE-like test).
+/// Evaluate a run (a tied model at another depth: the ODE-like test), or a pretrained PyTorch
+/// checkpoint (`--init`) on images.
 #[derive(clap::Args, Debug)]
 pub struct EvalArgs {
     /// Run directory written by `resnet-ode train`.
-    #[arg(long)]
-    run: PathBuf,
+    #[arg(long, required_unless_present = "init", conflicts_with = "init")]
+    run: Option<PathBuf>,
     /// Residual functions per stack (tied models only; default: the trained depth).
     #[arg(long)]
     depth: Option<usize>,
+    #[command(flatten)]
+    init: InitArgs,
+    /// With --init: the checkpoint's model, cifar-resnetL (with --original) or
+    /// torchvision-resnet18/34/50/101/152.
+    #[arg(long, requires = "init")]
+    model: Option<String>,
+    /// With --init: He et al.'s unscaled CIFAR ResNet (their checkpoints' form).
+    #[arg(long, requires = "init")]
+    original: bool,
+    /// With --init: the images (any --data source of train; an image folder is used whole,
+    /// class folders named by integers giving the class index).
+    #[arg(long, requires = "init")]
+    data: Option<String>,
+    /// Print the result as JSON (with --init: every image's label, prediction and logits).
+    #[arg(long)]
+    json: bool,
     #[command(flatten)]
     device: DeviceArgs,
 }
@@ -238,12 +256,26 @@ fn compare_memory(result: &TrainResult, config: &TrainConfig, p: &resnet_ode::de
 }
 
 pub fn eval(a: &EvalArgs) -> anyhow::Result<()> {
+    let run = match (&a.run, &a.init.init) {
+        (Some(run), _) => run,
+        (None, Some(path)) => {
+            let model = a.model.as_deref().context("--init needs --model")?;
+            let data = a.data.as_deref().context("--init needs --data")?;
+            let spec = import_spec(model, a.original)?;
+            return eval_init(&a.init, path, &spec, data, a.json, &a.device);
+        }
+        (None, None) => anyhow::bail!("eval needs --run DIR or --init PATH"),
+    };
     let placement = a.device.placement()?;
-    let r = eval_run(&a.run, a.depth, &placement)
-        .with_context(|| format!("evaluating the run in {}", a.run.display()))?;
+    let r = eval_run(run, a.depth, &placement)
+        .with_context(|| format!("evaluating the run in {}", run.display()))?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+        return Ok(());
+    }
     println!(
         "{}: depth {} (trained at {}, {} epochs): test accuracy {:.2}%, test loss {:.4} on {} images",
-        a.run.display(),
+        run.display(),
         r.depth,
         r.trained_depth,
         r.epochs,

@@ -35,6 +35,31 @@ pub fn load_image_folder(dir: &Path, seed: u64) -> Result<(Split, Vec<String>)> 
     }
 }
 
+/// Loads an image folder to evaluate a model on: every image (only `test/` when the folder has
+/// `train/` and `test/`). Class folders all named by integers (`0/`, `3/`, …) give those
+/// integers as labels, so a pretrained model's output index is the folder's name even when
+/// some classes have no image; otherwise labels are the sorted positions, as for training.
+pub fn load_image_folder_eval(dir: &Path) -> Result<Dataset> {
+    let name = dir.file_name().map_or_else(
+        || "images".to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    );
+    let (train_dir, test_dir) = (dir.join("train"), dir.join("test"));
+    let root = if train_dir.is_dir() && test_dir.is_dir() {
+        test_dir
+    } else {
+        dir.to_path_buf()
+    };
+    let names = class_names(&root)?;
+    let mut ds = Loader { name, first: None }.load(&root, &names, &names)?;
+    let numbers: Option<Vec<usize>> = names.iter().map(|n| n.parse().ok()).collect();
+    if let Some(numbers) = numbers {
+        ds.labels = ds.labels.iter().map(|&l| numbers[l]).collect();
+        ds.classes = numbers.iter().max().map_or(0, |m| m + 1);
+    }
+    Ok(ds)
+}
+
 /// The sorted names of the visible sub-folders of `dir`; at least one is required.
 fn class_names(dir: &Path) -> Result<Vec<String>> {
     let mut names: Vec<String> = entries(dir)?
@@ -259,6 +284,22 @@ mod tests {
         std::fs::write(dir.path().join("a").join("2.png"), b"not a png").unwrap();
         let err = load_image_folder(dir.path(), 0).unwrap_err().to_string();
         assert!(err.contains("2.png") && err.contains("decode"), "{err}");
+    }
+
+    #[test]
+    fn numeric_class_folders_are_labels_in_eval() {
+        let dir = TempDir::new("folder-eval");
+        save_rgb(&dir.path().join("3").join("a.png"), 1);
+        save_rgb(&dir.path().join("10").join("b.png"), 2);
+        save_rgb(&dir.path().join("10").join("c.png"), 3);
+        let ds = load_image_folder_eval(dir.path()).unwrap();
+        assert_eq!(
+            (ds.labels.clone(), ds.classes, ds.len()),
+            (vec![10, 10, 3], 11, 3)
+        );
+        save_rgb(&dir.path().join("cat").join("d.png"), 4);
+        let ds = load_image_folder_eval(dir.path()).unwrap();
+        assert_eq!((ds.labels, ds.classes), (vec![0, 0, 1, 2], 3));
     }
 
     #[test]

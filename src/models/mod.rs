@@ -1,7 +1,9 @@
 //! Image classifiers whose residual stages are depth-scaled [`Stack`]s, trainable in every
 //! [`GradMode`]: the paper's [`TinyResNet`] (paper.md §3.4) and the [`CifarResNet`] family of
 //! He et al., each with tied variants (one function per stack: the "ODE-like" models of
-//! paper.md §3.2) and untying ([`Model::untie`], paper.md §3.5).
+//! paper.md §3.2) and untying ([`Model::untie`], paper.md §3.5). torchvision's ImageNet
+//! ResNets ([`TorchvisionResNet`]) are here in their unscaled form, to import pretrained
+//! checkpoints ([`crate::import`]).
 //!
 //! Every model exposes `forward_train(x, mode, bn) -> (logits, runs)`; the backward is
 //! [`crate::grad::backward_through`] over [`Model::stacks`] and those runs.
@@ -9,10 +11,14 @@
 mod cifar;
 mod layers;
 mod tiny;
+mod torchvision;
 
 pub use cifar::{CifarConfig, CifarResNet, Rest, Stage, STAGE_CHANNELS};
-pub use layers::{BasicBlock, Head, Pool, Stem, StridedConv};
+pub use layers::{
+    BasicBlock, BottleneckBlock, Downsample, Head, Pool, Stem, StridedConv, BOTTLENECK_EXPANSION,
+};
 pub use tiny::{TinyConfig, TinyResNet, PAPER_STEM_MIN_SIZE};
+pub use torchvision::{torchvision_blocks, TorchvisionResNet, TvBlock, TORCHVISION_STAGE_CHANNELS};
 
 use crate::device::Placement;
 use crate::grad::{GradMode, StackRun};
@@ -52,6 +58,8 @@ pub enum Arch {
     Tiny,
     /// `cifar-resnetL`: He et al.'s L-layer CIFAR ResNet (L = 6n + 2).
     CifarResNet(usize),
+    /// `torchvision-resnetL`: torchvision's ImageNet ResNet-L (18, 34, 50, 101, 152), unscaled.
+    Torchvision(usize),
 }
 
 impl FromStr for Arch {
@@ -60,6 +68,11 @@ impl FromStr for Arch {
         if s == "tiny" {
             return Ok(Arch::Tiny);
         }
+        if let Some(l) = s.strip_prefix("torchvision-resnet") {
+            let layers = l.parse::<usize>().unwrap_or(0);
+            torchvision_blocks(layers)?;
+            return Ok(Arch::Torchvision(layers));
+        }
         let layers = s
             .strip_prefix("cifar-resnet")
             .and_then(|l| l.parse::<usize>().ok());
@@ -67,7 +80,7 @@ impl FromStr for Arch {
             Some(l) if l >= 14 && (l - 2).is_multiple_of(6) => Ok(Arch::CifarResNet(l)),
             _ => Err(Error::invalid(
                 "--model",
-                format!("`{s}`: expected tiny or cifar-resnetL with L = 6n+2, n ≥ 2 (cifar-resnet20, 32, 44, 56, 110, 1202)"),
+                format!("`{s}`: expected tiny, cifar-resnetL with L = 6n+2, n ≥ 2 (cifar-resnet20, 32, 44, 56, 110, 1202) or torchvision-resnet18/34/50/101/152"),
             )),
         }
     }
@@ -78,6 +91,7 @@ impl std::fmt::Display for Arch {
         match self {
             Arch::Tiny => write!(f, "tiny"),
             Arch::CifarResNet(l) => write!(f, "cifar-resnet{l}"),
+            Arch::Torchvision(l) => write!(f, "torchvision-resnet{l}"),
         }
     }
 }
@@ -115,10 +129,18 @@ impl Default for ModelSpec {
 }
 
 impl ModelSpec {
-    /// The residual functions per stack this spec builds.
+    /// The residual functions per stack this spec builds (0 for torchvision's models, which
+    /// have no depth-scaled stack).
     pub fn stack_depth(&self) -> Result<usize> {
         match self.arch {
             Arch::Tiny => Ok(self.depth.unwrap_or(DEFAULT_TINY_DEPTH)),
+            Arch::Torchvision(_) => match self.depth {
+                Some(_) => Err(Error::invalid(
+                    "--depth",
+                    format!("{}: the depth is fixed by the name", self.arch),
+                )),
+                None => Ok(0),
+            },
             Arch::CifarResNet(layers) => {
                 let n = (layers.saturating_sub(2) / 6).saturating_sub(1);
                 match self.depth {
@@ -134,6 +156,17 @@ impl ModelSpec {
 
     /// Checks the combination of settings against a gradient mode, naming the flag at fault.
     pub fn check(&self, mode: GradMode) -> Result<()> {
+        if let Arch::Torchvision(_) = self.arch {
+            if self.tied {
+                return Err(Error::invalid(
+                    "--tied",
+                    format!("{} has no tied variant", self.arch),
+                ));
+            }
+            if mode != GradMode::Backprop {
+                return Err(Error::invalid("--grad", format!("{mode}: {} applies a ReLU after every addition, which cannot be inverted; use --grad backprop", self.arch)));
+            }
+        }
         if self.original && self.arch == Arch::Tiny {
             return Err(Error::invalid(
                 "--original",
@@ -181,6 +214,9 @@ impl ModelSpec {
             }
             .init(p, rng)
             .map(Model::Cifar),
+            Arch::Torchvision(layers) => {
+                TorchvisionResNet::init(layers, input, p, rng).map(Model::Torchvision)
+            }
         }
     }
 }
@@ -190,6 +226,7 @@ impl ModelSpec {
 pub enum Model {
     Tiny(TinyResNet),
     Cifar(CifarResNet),
+    Torchvision(TorchvisionResNet),
 }
 
 impl Model {
@@ -205,6 +242,7 @@ impl Model {
         match self {
             Model::Tiny(m) => m.forward_train(x, mode, bn),
             Model::Cifar(m) => m.forward_train(x, mode, bn),
+            Model::Torchvision(m) => m.forward_train(x, bn),
         }
     }
 
@@ -214,6 +252,7 @@ impl Model {
         match plain_view(self) {
             Model::Tiny(m) => m.forward_plain(x),
             Model::Cifar(m) => m.forward_plain(x),
+            Model::Torchvision(m) => m.forward_plain(x),
         }
     }
 
@@ -222,6 +261,7 @@ impl Model {
         match self {
             Model::Tiny(m) => vec![&m.stack],
             Model::Cifar(m) => m.stacks(),
+            Model::Torchvision(_) => Vec::new(),
         }
     }
 
@@ -285,6 +325,7 @@ impl Model {
                     head: independent_copy(&m.head),
                 })
             }
+            Model::Torchvision(m) => Model::Torchvision(independent_copy(m)),
         })
     }
 
@@ -315,6 +356,7 @@ impl Model {
                     .collect::<Result<_>>()?;
                 Ok(Model::Cifar(CifarResNet { stages, ..m }))
             }
+            Model::Torchvision(m) => Ok(Model::Torchvision(m)),
         }
     }
 }

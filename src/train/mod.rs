@@ -545,6 +545,71 @@ pub fn evaluate(model: &Model, test: &Arc<Dataset>, p: &Placement) -> Result<(f6
     Ok((loss / n, correct as f64 / n))
 }
 
+/// A model's scores on a dataset, image by image (running statistics), in dataset order.
+#[derive(Debug, Clone, Serialize)]
+pub struct Scores {
+    pub examples: usize,
+    pub correct: usize,
+    pub accuracy: f64,
+    /// Mean cross-entropy.
+    pub loss: f64,
+    pub labels: Vec<usize>,
+    pub predictions: Vec<usize>,
+    pub logits: Vec<Vec<f64>>,
+}
+
+/// Scores `model` on every image of `data`; a label the model has no output for is an error.
+pub fn score_images(model: &Model, data: &Arc<Dataset>, p: &Placement) -> Result<Scores> {
+    let mut logits = Vec::new();
+    for batch in batches(
+        data.clone(),
+        EVAL_BATCH,
+        false,
+        None,
+        &mut Rng::new(0),
+        false,
+    )? {
+        let b = DeviceBatch::new(p, &batch, data.classes);
+        let out = model.forward_eval(b.images);
+        let classes = out.dims()[1];
+        logits.extend(to_vec(&out).chunks(classes.max(1)).map(<[f64]>::to_vec));
+    }
+    let (mut correct, mut loss, mut predictions) = (0, 0.0, Vec::new());
+    for (row, &label) in logits.iter().zip(&data.labels) {
+        if label >= row.len() {
+            return Err(Error::invalid(
+                "--data",
+                format!(
+                    "label {label} of {} is beyond the model's {} classes",
+                    data.name,
+                    row.len()
+                ),
+            ));
+        }
+        let pred = argmax(row);
+        let max = row[pred];
+        let log_sum = max + row.iter().map(|v| (v - max).exp()).sum::<f64>().ln();
+        loss += log_sum - row[label];
+        correct += usize::from(pred == label);
+        predictions.push(pred);
+    }
+    let n = data.len().max(1) as f64;
+    Ok(Scores {
+        examples: data.len(),
+        correct,
+        accuracy: correct as f64 / n,
+        loss: loss / n,
+        labels: data.labels.clone(),
+        predictions,
+        logits,
+    })
+}
+
+/// Index of the largest value (the first one on ties, as PyTorch's `argmax`).
+fn argmax(row: &[f64]) -> usize {
+    (0..row.len()).fold(0, |best, i| if row[i] > row[best] { i } else { best })
+}
+
 /// Peak heap bytes of one training step's forward and backward in `mode`, on an independent
 /// copy of `model` (its running statistics are left alone). 0 without the counting allocator.
 pub fn step_memory(

@@ -1,0 +1,169 @@
+//! Pretrained PyTorch checkpoints on the command line: `eval --init` and `export`.
+
+use super::DeviceArgs;
+use anyhow::Context;
+use resnet_ode::data::{DataSpec, Normalization};
+use resnet_ode::device::Placement;
+use resnet_ode::import::{export, Checkpoint, ImportOptions, Imported};
+use resnet_ode::models::{Arch, InputShape, ModelSpec};
+use resnet_ode::train::{load_run, score_images};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// The flags that name a pretrained checkpoint and how to read it.
+#[derive(clap::Args, Debug, Clone)]
+pub struct InitArgs {
+    /// PyTorch checkpoint to start from: legacy .th, zip .pth or .safetensors (a wrapping
+    /// state_dict/net/model key and a DataParallel `module.` prefix are removed).
+    #[arg(long)]
+    pub init: Option<PathBuf>,
+    /// Load what fits the model and list the rest, instead of failing on any mismatch.
+    #[arg(long, requires = "init")]
+    pub partial: bool,
+    /// Input normalisation the checkpoint was trained with: imagenet (torchvision, He et al.'s
+    /// CIFAR ResNets), cifar10 (the paper authors' models) or none.
+    #[arg(long, default_value = "imagenet")]
+    pub normalize: String,
+}
+
+impl InitArgs {
+    /// Reads the checkpoint and loads it into a `spec` model for images of `height`×`width`
+    /// with `channels` channels, printing what a partial load skipped.
+    pub fn load(
+        &self,
+        path: &Path,
+        spec: &ModelSpec,
+        image: [usize; 3],
+        p: &Placement,
+    ) -> anyhow::Result<(Imported, InputShape)> {
+        let ck = Checkpoint::open(path)?;
+        let input = ck.input(spec, image[1], image[2])?;
+        anyhow::ensure!(
+            input.channels == image[0],
+            "{}: the checkpoint's first convolution takes {} channels; the images have {}",
+            path.display(),
+            input.channels,
+            image[0]
+        );
+        let options = ImportOptions {
+            partial: self.partial,
+        };
+        let imported = ck.load(spec, input, p, &options)?;
+        if !imported.skipped.is_empty() {
+            eprintln!(
+                "--partial: loaded {} tensors; skipped {} (missing ones keep their random initialisation):",
+                imported.loaded,
+                imported.skipped.len()
+            );
+            imported.skipped.iter().for_each(|s| eprintln!("  {s}"));
+        }
+        Ok((imported, input))
+    }
+}
+
+/// The model spec of an imported checkpoint (`--model`, `--original`).
+pub fn import_spec(model: &str, original: bool) -> anyhow::Result<ModelSpec> {
+    Ok(ModelSpec {
+        arch: model.parse::<Arch>()?,
+        original,
+        ..ModelSpec::default()
+    })
+}
+
+/// `eval --init`: a pretrained checkpoint scored on `--data`.
+pub fn eval_init(
+    init: &InitArgs,
+    path: &Path,
+    spec: &ModelSpec,
+    data: &str,
+    json: bool,
+    device: &DeviceArgs,
+) -> anyhow::Result<()> {
+    let p = device.placement()?;
+    let source: DataSpec = data.parse()?;
+    let mut images = source.load_eval(0)?;
+    Normalization::preset(&init.normalize, images.channels)?.apply(&mut images)?;
+    let shape = [images.channels, images.height, images.width];
+    let (imported, _) = init.load(path, spec, shape, &p)?;
+    let scores = score_images(&imported.model, &Arc::new(images), &p)?;
+    if json {
+        let out = serde_json::json!({
+            "checkpoint": path,
+            "model": model_name(spec),
+            "data": data,
+            "normalize": init.normalize,
+            "dtype": device.dtype,
+            "loaded": imported.loaded,
+            "skipped": imported.skipped,
+            "scores": scores,
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    println!(
+        "{} ({}, {} tensors): accuracy {:.2}% ({}/{}), loss {:.4} on {data} ({} normalisation)",
+        path.display(),
+        model_name(spec),
+        imported.loaded,
+        100.0 * scores.accuracy,
+        scores.correct,
+        scores.examples,
+        scores.loss,
+        init.normalize
+    );
+    Ok(())
+}
+
+fn model_name(spec: &ModelSpec) -> String {
+    let original = if spec.original { " --original" } else { "" };
+    format!("{}{original}", spec.arch)
+}
+
+/// Write a model as safetensors with PyTorch's key names (`load_state_dict(strict=True)`).
+#[derive(clap::Args, Debug)]
+pub struct ExportArgs {
+    /// Run directory written by `resnet-ode train` (its last checkpoint is exported).
+    #[arg(long, required_unless_present = "init", conflicts_with = "init")]
+    run: Option<PathBuf>,
+    /// …or a checkpoint to convert (e.g. a legacy .th to .safetensors).
+    #[arg(long)]
+    init: Option<PathBuf>,
+    /// With --init: the checkpoint's model (cifar-resnetL --original, torchvision-resnetL).
+    #[arg(long, default_value = "cifar-resnet20")]
+    model: String,
+    /// With --init: He et al.'s unscaled CIFAR ResNet.
+    #[arg(long)]
+    original: bool,
+    /// The safetensors file to write (atomically).
+    #[arg(long)]
+    out: PathBuf,
+    #[command(flatten)]
+    device: DeviceArgs,
+}
+
+pub fn run_export(a: &ExportArgs) -> anyhow::Result<()> {
+    let p = a.device.placement()?;
+    let (model, spec, from) = match (&a.run, &a.init) {
+        (Some(dir), _) => {
+            let (record, _, model) = load_run(dir, &p)
+                .with_context(|| format!("loading the run in {}", dir.display()))?;
+            (model, record.config.model, dir.clone())
+        }
+        (None, Some(path)) => {
+            let spec = import_spec(&a.model, a.original)?;
+            let ck = Checkpoint::open(path)?;
+            let input = ck.input(&spec, 32, 32)?;
+            let model = ck.load(&spec, input, &p, &ImportOptions::default())?.model;
+            (model, spec, path.clone())
+        }
+        (None, None) => anyhow::bail!("export needs --run DIR or --init PATH"),
+    };
+    let n = export(&model, &spec, &a.out)?;
+    println!(
+        "{} ({}) → {}: {n} tensors, PyTorch names",
+        from.display(),
+        model_name(&spec),
+        a.out.display()
+    );
+    Ok(())
+}
