@@ -24,6 +24,7 @@ use crate::device::Placement;
 use crate::models::{InputShape, Model, ModelSpec};
 use crate::rng::Rng;
 use crate::{Error, Result};
+use burn::module::Module;
 use burn::store::{bridge, ModuleSnapshot};
 use burn::tensor::TensorData;
 use layout::HEAD_WEIGHT;
@@ -310,6 +311,9 @@ fn transpose(values: &[f64], shape: &[usize]) -> Vec<f64> {
 /// of tensors written.
 pub fn export(model: &Model, spec: &ModelSpec, path: &Path) -> Result<usize> {
     let layout = Layout::of(spec)?;
+    // `valid()` folds the running statistics' pending updates in (collecting reads the stored
+    // value only, which lags behind after a training forward until the next inference).
+    let model = model.valid();
     let mut tensors = Vec::new();
     for ours in model.collect(None, None, true) {
         let key = layout.torch_key(&ours.name).ok_or_else(|| {
