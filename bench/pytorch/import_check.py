@@ -1,0 +1,166 @@
+"""By-hand check of `resnet-ode eval --init` and `resnet-ode export` against PyTorch (never CI).
+
+For each model: build it in PyTorch with seeded random weights (batch-norm affine parameters and
+running statistics drawn too, so nothing is left at its identity), save its state dict in the
+formats a user meets (zip .pth; legacy .th wrapped as {'state_dict': ...} with DataParallel's
+'module.' prefix; plain safetensors, written by hand), write a few random PNG images, run
+`resnet-ode eval --init ... --json` on them and compare the logits with PyTorch's (eval mode,
+f32, tolerance 1e-4 relative to the largest logit). Then `resnet-ode export` the .pth back to
+safetensors, load it into a fresh PyTorch module with `load_state_dict(strict=True)` and compare
+the logits again.
+
+    pip install torch==2.9.0 torchvision        # a CPU wheel is enough
+    cargo build --release
+    python bench/pytorch/import_check.py        # from the repository root
+
+Exit status 0 when every check passes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchvision
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(os.environ.get("RESNET_ODE_BIN", ROOT / "target" / "release" / "resnet-ode"))
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
+TOL = 1e-4
+
+
+def randomise(model: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """Seeded random weights, batch-norm affine parameters and running statistics."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, t in model.state_dict().items():
+            if not t.is_floating_point():
+                continue
+            if name.endswith("running_var"):
+                t.copy_(0.5 + torch.rand(t.shape, generator=g))
+            elif name.endswith("running_mean") or name.endswith("bias"):
+                t.copy_(0.1 * torch.randn(t.shape, generator=g))
+            elif t.dim() == 1:  # batch-norm weight
+                t.copy_(0.5 + 0.5 * torch.rand(t.shape, generator=g))
+            else:
+                fan_in = t[0].numel()
+                t.copy_(torch.randn(t.shape, generator=g) * (2.0 / fan_in) ** 0.5)
+    return model.eval()
+
+
+def write_images(folder: Path, count: int, size: int, seed: int) -> torch.Tensor:
+    """`count` random RGB PNGs in folder/0/; returns them normalised as the binary reads them."""
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 256, size=(count, size, size, 3), dtype=np.uint8)
+    (folder / "0").mkdir(parents=True)
+    for i, img in enumerate(pixels):
+        Image.fromarray(img, "RGB").save(folder / "0" / f"img_{i:03d}.png")
+    x = torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255.0
+    return (x - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
+
+
+def save_safetensors(sd: dict, path: Path) -> None:
+    """A minimal safetensors writer (F32), so the `safetensors` package is not needed."""
+    header, blobs, offset = {}, [], 0
+    for k, v in sd.items():
+        b = v.detach().to(torch.float32).contiguous().numpy().tobytes()
+        header[k] = {"dtype": "F32", "shape": list(v.shape), "data_offsets": [offset, offset + len(b)]}
+        blobs.append(b)
+        offset += len(b)
+    h = json.dumps(header).encode()
+    h += b" " * (-len(h) % 8)
+    path.write_bytes(struct.pack("<Q", len(h)) + h + b"".join(blobs))
+
+
+def load_safetensors(path: Path) -> dict:
+    data = path.read_bytes()
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + n])
+    base = 8 + n
+    out = {}
+    for k, meta in header.items():
+        if k == "__metadata__":
+            continue
+        assert meta["dtype"] == "F32", meta
+        a, b = meta["data_offsets"]
+        arr = np.frombuffer(data[base + a : base + b], dtype="<f4").reshape(meta["shape"])
+        out[k] = torch.from_numpy(arr.copy())
+    return out
+
+
+def checkpoint_files(model: torch.nn.Module, folder: Path) -> list[Path]:
+    sd = {k: v for k, v in model.state_dict().items()}
+    pth, th, st = folder / "model.pth", folder / "model.th", folder / "model.safetensors"
+    torch.save(sd, pth)
+    wrapped = {"state_dict": {"module." + k: v for k, v in sd.items()}, "best_prec1": 0.0}
+    torch.save(wrapped, th, _use_new_zipfile_serialization=False)
+    save_safetensors({k: v for k, v in sd.items() if v.is_floating_point()}, st)
+    return [pth, th, st]
+
+
+def rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-12))
+
+
+def run(args: list[str]) -> str:
+    out = subprocess.run([str(BIN), *args], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"resnet-ode {' '.join(args)}:\n{out.stderr}")
+    return out.stdout
+
+
+def check(name: str, make, flags: list[str], size: int, seed: int) -> bool:
+    ok = True
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        model = randomise(make(), seed)
+        x = write_images(tmp / "images", 4, size, seed)
+        with torch.no_grad():
+            ref = model(x)
+        data = ["--data", f"images:{tmp / 'images'}", "--json"]
+        for path in checkpoint_files(model, tmp):
+            out = json.loads(run(["eval", "--init", str(path), *flags, *data]))
+            ours = torch.tensor(out["scores"]["logits"], dtype=torch.float32)
+            d = rel_diff(ours, ref)
+            ok &= d < TOL
+            print(f"{name:24} import {path.suffix:13} {out['loaded']:4} tensors  max rel |Δlogit| {d:.2e}  {'ok' if d < TOL else 'FAIL'}")
+        exported = tmp / "export.safetensors"
+        run(["export", "--init", str(tmp / "model.pth"), *flags, "--out", str(exported)])
+        fresh = make().eval()
+        missing_unexpected = fresh.load_state_dict(load_safetensors(exported), strict=True)
+        with torch.no_grad():
+            back = fresh(x)
+        d = rel_diff(back, ref)
+        ok &= d < TOL
+        print(f"{name:24} export → load_state_dict(strict=True) {missing_unexpected}  max rel |Δlogit| {d:.2e}  {'ok' if d < TOL else 'FAIL'}")
+    return ok
+
+
+MODELS = [
+    ("torchvision resnet18", lambda: torchvision.models.resnet18(num_classes=10), ["--model", "torchvision-resnet18"], 64),
+    ("torchvision resnet50", lambda: torchvision.models.resnet50(num_classes=10), ["--model", "torchvision-resnet50"], 64),
+]
+
+
+def main() -> int:
+    if not BIN.exists():
+        print(f"{BIN} is missing: run cargo build --release first")
+        return 2
+    print(f"torch {torch.__version__}, torchvision {torchvision.__version__}, binary {BIN}")
+    torch.manual_seed(0)
+    results = [check(name, make, flags, size, seed) for seed, (name, make, flags, size) in enumerate(MODELS)]
+    print("all checks passed" if all(results) else "SOME CHECKS FAILED")
+    return 0 if all(results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
