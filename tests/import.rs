@@ -416,3 +416,58 @@ fn corrupt_files_and_wrong_forms_are_clear_errors() {
         .to_string();
     assert!(e.contains("--original"), "{e}");
 }
+
+#[test]
+fn fine_tuning_trains_only_the_chosen_stages() {
+    use resnet_ode::data::Split;
+    use resnet_ode::grad::GradMode;
+    use resnet_ode::train::{train_on, Pretrained, TrainConfig, TrainOptions};
+    let dir = TempDir::new("finetune");
+    let p = placement(Precision::F32);
+    let start = dir.0.join("start.safetensors");
+    export(&random_model(&he20(), shape(10), &p), &he20(), &start).unwrap();
+    let dataset = |n: usize, seed: u64| Dataset {
+        images: Rng::new(seed)
+            .normals(n * 3 * 32 * 32)
+            .into_iter()
+            .map(|v| v as f32)
+            .collect(),
+        labels: (0..n).map(|i| i % 10).collect(),
+        channels: 3,
+        height: 32,
+        width: 32,
+        classes: 10,
+        name: "random".into(),
+    };
+    let config = TrainConfig {
+        model: he20(),
+        grad: GradMode::Backprop,
+        epochs: 1,
+        batch_size: 8,
+        pretrained: Some(Pretrained {
+            path: start.clone(),
+            partial: false,
+            normalize: "none".into(),
+        }),
+        train_stages: Some(vec!["layer3".into(), "head".into()]),
+        ..TrainConfig::default()
+    };
+    let split = Split {
+        train: dataset(16, 1),
+        test: dataset(8, 2),
+    };
+    let result = train_on(split, &config, &p, &TrainOptions::default()).unwrap();
+    let end = dir.0.join("end.safetensors");
+    export(&result.model, &he20(), &end).unwrap();
+    let (a, b) = (
+        Checkpoint::open(&start).unwrap(),
+        Checkpoint::open(&end).unwrap(),
+    );
+    for (key, before) in &a.tensors {
+        if key.contains("running_") {
+            continue; // batch statistics update in every stage's forward
+        }
+        let trains = key.starts_with("layer3.") || key.starts_with("linear.");
+        assert_eq!(&b.tensors[key] != before, trains, "{key}");
+    }
+}

@@ -9,7 +9,7 @@ use resnet_ode::memory;
 use resnet_ode::models::{Arch, ModelSpec};
 use resnet_ode::rng::Rng;
 use resnet_ode::train::{
-    eval_run, step_memory, OptimizerConfig, TrainConfig, TrainOptions, TrainResult,
+    eval_run, step_memory, OptimizerConfig, Pretrained, TrainConfig, TrainOptions, TrainResult,
 };
 use std::path::PathBuf;
 
@@ -93,6 +93,13 @@ pub struct TrainArgs {
     #[arg(long)]
     limit_test: Option<usize>,
     #[command(flatten)]
+    init: InitArgs,
+    /// Train only these stages (comma-separated: stem, layer1, layer2, …, head, as PyTorch
+    /// names them); the others stay frozen (their batch norms' running statistics still update
+    /// unless --bn frozen). Default: all.
+    #[arg(long, value_delimiter = ',')]
+    train_stages: Option<Vec<String>>,
+    #[command(flatten)]
     device: DeviceArgs,
 }
 
@@ -168,6 +175,12 @@ impl TrainArgs {
             limit_test: self.limit_test,
             augment,
             adaptive_lr: self.adaptive_lr,
+            pretrained: self.init.init.as_ref().map(|path| Pretrained {
+                path: path.clone(),
+                partial: self.init.partial,
+                normalize: self.init.normalize.clone(),
+            }),
+            train_stages: self.train_stages.clone(),
         })
     }
 }
@@ -182,6 +195,18 @@ pub fn train(a: &TrainArgs) -> anyhow::Result<()> {
         progress: true,
         stop_after: None,
     };
+    if let Some(pre) = &config.pretrained {
+        println!(
+            "fine-tuning from {} ({} normalisation); training {}",
+            pre.path.display(),
+            pre.normalize,
+            config
+                .train_stages
+                .as_ref()
+                .map_or("every stage".into(), |s| s.join(", ")
+                    + " (the rest frozen)")
+        );
+    }
     println!(
         "training {} (depth {}, {}, {} gradients, BN {}) on {} for {} epochs → {}",
         config.model.arch,

@@ -25,6 +25,7 @@ pub use schedule::{Progress, Schedule};
 use crate::data::{batches, Augment, Batch, DataSpec, Dataset, Normalization, Split};
 use crate::device::{to_vec, Placement};
 use crate::grad::{backward_through, GradMode};
+use crate::import::{Checkpoint, ImportOptions};
 use crate::io::{load_weights, save_weights};
 use crate::models::{InputShape, Model, ModelSpec};
 use crate::norm::BnMode;
@@ -36,7 +37,7 @@ use burn::module::ParamId;
 use burn::optim::GradientsParams;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -71,6 +72,25 @@ pub struct TrainConfig {
     /// one lr for all a deep stack's residual map moves N times slower than a shallow one's.
     #[serde(default)]
     pub adaptive_lr: bool,
+    /// Start from a PyTorch checkpoint instead of a random draw (`--init`: fine-tuning).
+    #[serde(default)]
+    pub pretrained: Option<Pretrained>,
+    /// The stages whose parameters train (`--train-stages`: stem, layer1, layer2, …, head, as
+    /// PyTorch names them); the others stay frozen. None trains all.
+    #[serde(default)]
+    pub train_stages: Option<Vec<String>>,
+}
+
+/// A pretrained checkpoint a run starts from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pretrained {
+    pub path: PathBuf,
+    /// Load what fits and keep the random draw elsewhere (e.g. a new head for another number
+    /// of classes), instead of failing on a mismatch.
+    pub partial: bool,
+    /// The input normalisation the checkpoint was trained with ([`Normalization::preset`]),
+    /// used instead of the training set's statistics.
+    pub normalize: String,
 }
 
 impl Default for TrainConfig {
@@ -95,6 +115,8 @@ impl Default for TrainConfig {
             limit_test: None,
             augment: false,
             adaptive_lr: false,
+            pretrained: None,
+            train_stages: None,
         }
     }
 }
@@ -205,7 +227,10 @@ pub fn prepare(split: Split, config: &TrainConfig) -> Result<Prepared> {
     if let Some(n) = config.limit_test {
         test = test.take(n);
     }
-    let normalization = Normalization::compute(&train);
+    let normalization = match &config.pretrained {
+        Some(pre) => Normalization::preset(&pre.normalize, train.channels)?,
+        None => Normalization::compute(&train),
+    };
     normalization.apply(&mut train)?;
     normalization.apply(&mut test)?;
     let input = InputShape {
@@ -261,6 +286,85 @@ pub fn lr_scales(model: &Model, adaptive: bool) -> HashMap<ParamId, f64> {
     scales
 }
 
+/// The model a fresh run starts from: the pretrained checkpoint, else a seeded random draw.
+fn initial_model(
+    config: &TrainConfig,
+    p: &Placement,
+    input: InputShape,
+    progress: bool,
+) -> Result<Model> {
+    let Some(pre) = &config.pretrained else {
+        return config
+            .model
+            .init(p, input, &mut Rng::derive(config.seed, "model init"));
+    };
+    let options = ImportOptions {
+        partial: pre.partial,
+    };
+    let imported = Checkpoint::open(&pre.path)?.load(&config.model, input, p, &options)?;
+    if progress && !imported.skipped.is_empty() {
+        eprintln!(
+            "--partial: {} tensors loaded from {}; skipped (random initialisation kept where missing):",
+            imported.loaded,
+            pre.path.display()
+        );
+        imported.skipped.iter().for_each(|s| eprintln!("  {s}"));
+    }
+    Ok(imported.model)
+}
+
+/// The stage of parameter `path` in PyTorch's naming: `stem`, `layer{k}` (stage k, TinyResNet's
+/// stack being `layer1`), `head`. Enum variants (capitalised) are not part of it.
+fn stage_of(path: &str) -> String {
+    let mut parts = path
+        .split('.')
+        .filter(|p| !p.starts_with(|c: char| c.is_ascii_uppercase()));
+    match (parts.next(), parts.next()) {
+        (Some("stages"), Some(k)) => format!("layer{}", k.parse::<usize>().map_or(0, |k| k + 1)),
+        (Some("stack"), _) => "layer1".into(),
+        (Some(first), _) => first.into(),
+        (None, _) => String::new(),
+    }
+}
+
+/// The parameters that do not train under `--train-stages stages` (None: all train); an
+/// unknown stage name is an error listing the model's.
+pub fn frozen_params(model: &Model, stages: Option<&[String]>) -> Result<HashSet<ParamId>> {
+    let Some(stages) = stages else {
+        return Ok(HashSet::new());
+    };
+    let params = named(model);
+    let mut known: Vec<String> = params.iter().map(|p| stage_of(&p.name)).collect();
+    known.dedup();
+    if let Some(bad) = stages.iter().find(|s| !known.contains(s)) {
+        return Err(Error::invalid(
+            "--train-stages",
+            format!("`{bad}`: the model's stages are {}", known.join(", ")),
+        ));
+    }
+    Ok(params
+        .into_iter()
+        .filter(|p| !stages.contains(&stage_of(&p.name)))
+        .map(|p| p.id)
+        .collect())
+}
+
+/// Drops the gradients of the `frozen` parameters, so the optimizer leaves them (and their
+/// weight decay) alone.
+fn freeze(grads: &mut GradientsParams, model: &Model, frozen: &HashSet<ParamId>) {
+    if frozen.is_empty() {
+        return;
+    }
+    for p in named(model).into_iter().filter(|p| frozen.contains(&p.id)) {
+        match p.shape.len() {
+            1 => drop(grads.remove::<1>(p.id)),
+            2 => drop(grads.remove::<2>(p.id)),
+            3 => drop(grads.remove::<3>(p.id)),
+            _ => drop(grads.remove::<4>(p.id)),
+        }
+    }
+}
+
 /// A run in progress (the model is passed through it, since each optimizer step consumes it).
 struct Run<'a> {
     config: &'a TrainConfig,
@@ -309,10 +413,8 @@ impl<'a> Run<'a> {
                 "needs the run directory (--out)",
             ));
         }
-        let model =
-            config
-                .model
-                .init(p, data.input, &mut Rng::derive(config.seed, "model init"))?;
+        let model = initial_model(config, p, data.input, options.progress)?;
+        frozen_params(&model, config.train_stages.as_deref())?;
         let run = Self {
             config,
             p,
@@ -407,6 +509,7 @@ impl<'a> Run<'a> {
         )?;
         let steps = epoch.len();
         let scales = lr_scales(&model, c.adaptive_lr);
+        let frozen = frozen_params(&model, c.train_stages.as_deref())?;
         let bar = progress_bar(progress, steps, self.epoch, c.epochs);
         let start = Instant::now();
         let (mut loss_sum, mut correct, mut seen, mut peak, mut lr) =
@@ -420,8 +523,9 @@ impl<'a> Run<'a> {
             };
             lr = c.schedule.lr(c.lr, c.warmup_epochs, at);
             let device_batch = DeviceBatch::new(self.p, &batch, data.input.classes);
-            let (step, bytes) =
+            let (mut step, bytes) =
                 memory::measure(|| step_gradients(&model, &device_batch, c.grad, c.bn));
+            freeze(&mut step.grads, &model, &frozen);
             if !step.loss.is_finite() {
                 return Err(self.non_finite(k, steps));
             }
