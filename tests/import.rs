@@ -12,6 +12,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 
+/// A state dict to edit: (key, shape, row-major values).
+type Tensors = Vec<(String, Vec<usize>, Vec<f32>)>;
+
 const PRETRAINED: &str = "../shared/data/pretrained";
 const STEM: &str = "resnet20-12fca82f";
 
@@ -258,7 +261,7 @@ fn torchvision_resnets_round_trip_with_torchvision_names() {
 }
 
 /// The He et al. ResNet-20 of a seeded random model, as (key, shape, values) to edit.
-fn he_tensors(dir: &Path) -> Vec<(String, Vec<usize>, Vec<f32>)> {
+fn he_tensors(dir: &Path) -> Tensors {
     let p = placement(Precision::F32);
     let model = random_model(&he20(), shape(10), &p);
     let path = dir.join("base.safetensors");
@@ -295,7 +298,7 @@ fn import_edited(
 fn every_mismatch_is_an_error_naming_the_key_and_shapes() {
     let dir = TempDir::new("strict");
     let base = he_tensors(&dir.0);
-    let edit = |f: &dyn Fn(&mut Vec<(String, Vec<usize>, Vec<f32>)>)| {
+    let edit = |f: &dyn Fn(&mut Tensors)| {
         let mut t = base.clone();
         f(&mut t);
         t

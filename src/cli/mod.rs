@@ -28,7 +28,7 @@ enum Command {
     #[command(subcommand)]
     Experiment(experiment::Experiment),
     /// Train a ResNet on images in any gradient mode.
-    Train(train::TrainArgs),
+    Train(Box<train::TrainArgs>),
     /// Evaluate a trained run (a tied model at another depth: the ODE-like test), or a
     /// pretrained PyTorch checkpoint on images (--init).
     Eval(train::EvalArgs),

@@ -41,8 +41,10 @@ pub fn torchvision_blocks(layers: usize) -> Result<([usize; 4], bool)> {
     }
 }
 
-/// One residual block of either kind.
+/// One residual block of either kind. A model holds one kind only, so the variants' size
+/// difference (a bottleneck has one convolution and batch norm more) costs nothing.
 #[derive(Module, Debug)]
+#[allow(clippy::large_enum_variant)]
 pub enum TvBlock {
     Basic(BasicBlock),
     Bottleneck(BottleneckBlock),
