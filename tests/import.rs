@@ -474,3 +474,131 @@ fn fine_tuning_trains_only_the_chosen_stages() {
         assert_eq!(&b.tensors[key] != before, trains, "{key}");
     }
 }
+
+fn authors(layers: [usize; 4], planes: usize, tied: bool) -> ModelSpec {
+    ModelSpec {
+        arch: Arch::Authors(layers),
+        planes,
+        tied,
+        ..ModelSpec::default()
+    }
+}
+
+#[test]
+fn authors_models_round_trip_with_their_names() {
+    // IResNetAuto2(10, [4,4,32,4]) at the paper's width: 176 entries, 29 of them counters.
+    let tied = authors([4, 4, 32, 4], 64, true);
+    round_trip(&tied, shape(10), Precision::F32, 147);
+    let p = placement(Precision::F32);
+    let dir = TempDir::new("authors-names");
+    let path = dir.0.join("tied.safetensors");
+    export(
+        &tied.init(&p, shape(10), &mut Rng::new(1)).unwrap(),
+        &tied,
+        &path,
+    )
+    .unwrap();
+    let ck = Checkpoint::open(&path).unwrap();
+    for (key, dims) in [
+        ("conv1.weight", vec![64, 3, 3, 3]),
+        ("layer1.0.downsample.0.weight", vec![256, 64, 1, 1]),
+        ("layer3.0.conv1.weight", vec![256, 512, 1, 1]),
+        ("layer3.1.1.conv1.weight", vec![256, 1024, 1, 1]),
+        ("layer3.1.1.bn3.running_mean", vec![1024]),
+        ("fc.weight", vec![10, 2048]),
+    ] {
+        let t = ck.tensors.get(key).unwrap_or_else(|| panic!("no {key}"));
+        assert_eq!(t.shape().as_slice(), dims.as_slice(), "{key}");
+    }
+    // ResNetMemoryCustom, CPU-sized: layer3 holds functions network.0 … network.4.
+    let untied = authors([3, 2, 6, 2], 4, false);
+    round_trip(&untied, shape(10), Precision::F32, 5 + 4 * 20 + 9 * 15 + 2);
+    let path = dir.0.join("untied.safetensors");
+    export(
+        &untied.init(&p, shape(10), &mut Rng::new(1)).unwrap(),
+        &untied,
+        &path,
+    )
+    .unwrap();
+    let ck = Checkpoint::open(&path).unwrap();
+    assert!(ck.tensors.contains_key("layer3.1.network.4.conv3.weight"));
+    assert!(!ck.tensors.contains_key("layer3.1.network.5.conv3.weight"));
+    // A tied checkpoint does not load into the untied model, and says why.
+    let e = Checkpoint::open(&dir.0.join("tied.safetensors"))
+        .unwrap()
+        .load(
+            &authors([4, 4, 32, 4], 64, false),
+            shape(10),
+            &p,
+            &ImportOptions::default(),
+        )
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("missing layer1.1.network.0.conv1.weight"), "{e}");
+    assert!(
+        e.contains("600 missing, 0 mis-shaped, 60 unexpected"),
+        "{e}"
+    );
+}
+
+#[test]
+fn authors_stacks_train_in_every_gradient_mode() {
+    use resnet_ode::data::Batch;
+    use resnet_ode::grad::GradMode;
+    use resnet_ode::params::{flat_grads, independent_copy};
+    use resnet_ode::train::{step_gradients, DeviceBatch};
+    let p = placement(Precision::F32);
+    let input = InputShape {
+        channels: 3,
+        height: 8,
+        width: 8,
+        classes: 4,
+    };
+    let batch = Batch {
+        images: Rng::new(3)
+            .normals(4 * 3 * 64)
+            .into_iter()
+            .map(|v| v as f32)
+            .collect(),
+        labels: vec![0, 1, 2, 3],
+        batch: 4,
+        channels: 3,
+        height: 8,
+        width: 8,
+    };
+    let b = DeviceBatch::new(&p, &batch, 4);
+    for tied in [true, false] {
+        let model = authors([2, 3, 4, 2], 2, tied)
+            .init(&p, input, &mut Rng::new(5))
+            .unwrap();
+        let grads = |mode| {
+            let m = independent_copy(&model);
+            let step = step_gradients(&m, &b, mode, Default::default());
+            assert!(step.loss.is_finite(), "{mode}");
+            flat_grads(&m, &step.grads)
+        };
+        let reference = grads(GradMode::Backprop);
+        assert!(reference.iter().any(|(_, g)| g.iter().any(|v| *v != 0.0)));
+        for mode in [GradMode::Checkpoint(2), GradMode::Adjoint] {
+            let other = grads(mode);
+            assert_eq!(other.len(), reference.len());
+            for ((name, a), (_, b)) in reference.iter().zip(&other) {
+                let norm = a.iter().map(|v| v * v).sum::<f64>().sqrt().max(1e-12);
+                let diff = a
+                    .iter()
+                    .zip(b)
+                    .map(|(u, v)| (u - v).powi(2))
+                    .sum::<f64>()
+                    .sqrt();
+                assert!(
+                    b.iter().any(|v| *v != 0.0) || norm < 1e-9,
+                    "{mode} {name}: no gradient"
+                );
+                if mode != GradMode::Adjoint {
+                    assert!(diff <= 1e-3 * norm, "{mode} {name}: {diff} of {norm}");
+                }
+            }
+        }
+    }
+}

@@ -1,5 +1,9 @@
 """By-hand check of `resnet-ode eval --init` and `resnet-ode export` against PyTorch (never CI).
 
+Models: torchvision's resnet18 and resnet50, and PyTorch versions of the paper authors' models
+(tied IResNetAuto2, untied ResNetMemoryCustom; written here after paper.md §3.2 and
+../shared/data/authors-state-dicts.md, at a CPU-sized width).
+
 For each model: build it in PyTorch with seeded random weights (batch-norm affine parameters and
 running statistics drawn too, so nothing is left at its identity), save its state dict in the
 formats a user meets (zip .pth; legacy .th wrapped as {'state_dict': ...} with DataParallel's
@@ -107,6 +111,80 @@ def checkpoint_files(model: torch.nn.Module, folder: Path) -> list[Path]:
     return [pth, th, st]
 
 
+class MBottleneck(torch.nn.Module):
+    """The authors' pre-activation bottleneck bn3(conv3(relu(bn2(conv2(relu(bn1(conv1(relu x)))))))."""
+
+    def __init__(self, planes: int):
+        super().__init__()
+        nn = torch.nn
+        self.conv1 = nn.Conv2d(4 * planes, planes, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = nn.Conv2d(planes, 4 * planes, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(4 * planes)
+
+    def forward(self, x):
+        relu = torch.relu
+        h = self.bn1(self.conv1(relu(x)))
+        h = self.bn2(self.conv2(relu(h)))
+        return self.bn3(self.conv3(relu(h)))
+
+
+class ImplicitNet(torch.nn.Module):
+    """Tied stack (IResNetAuto2): one MBottleneck, child "1", applied n-1 times with step 1/(n-1)."""
+
+    def __init__(self, planes: int, n: int):
+        super().__init__()
+        self.add_module("1", MBottleneck(planes))
+        self.steps = n - 1
+
+    def forward(self, x):
+        f = getattr(self, "1")
+        for _ in range(self.steps):
+            x = x + f(x) / self.steps
+        return x
+
+
+class UntiedNet(torch.nn.Module):
+    """Untied stack (ResNetMemoryCustom): `network.K`, K = 0..n-2, each adding f_K(x)/(n-1)."""
+
+    def __init__(self, planes: int, n: int):
+        super().__init__()
+        self.network = torch.nn.ModuleList([MBottleneck(planes) for _ in range(n - 1)])
+
+    def forward(self, x):
+        for f in self.network:
+            x = x + f(x) / len(self.network)
+        return x
+
+
+class AuthorsResNet(torch.nn.Module):
+    """The paper authors' CIFAR model (paper.md §3.2) with a width multiplier `planes` (64 in
+    the paper): conv3x3 stem, per stage a torchvision Bottleneck then the 1/N stack, ReLU."""
+
+    def __init__(self, layers, planes: int, tied: bool, num_classes: int = 10):
+        super().__init__()
+        nn = torch.nn
+        Bottleneck = torchvision.models.resnet.Bottleneck
+        self.conv1 = nn.Conv2d(3, planes, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        cin = planes
+        for k, n in enumerate(layers):
+            width, stride = planes << k, 1 if k == 0 else 2
+            down = nn.Sequential(nn.Conv2d(cin, 4 * width, 1, stride=stride, bias=False), nn.BatchNorm2d(4 * width))
+            stack = (ImplicitNet if tied else UntiedNet)(width, n)
+            setattr(self, f"layer{k + 1}", nn.Sequential(Bottleneck(cin, width, stride, down), stack))
+            cin = 4 * width
+        self.fc = nn.Linear(cin, num_classes)
+
+    def forward(self, x):
+        x = torch.relu(self.bn1(self.conv1(x)))
+        for k in range(1, 5):
+            x = torch.relu(getattr(self, f"layer{k}")(x))
+        return self.fc(torch.flatten(torch.nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+
 def rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max() / b.abs().max().clamp_min(1e-12))
 
@@ -148,6 +226,10 @@ def check(name: str, make, flags: list[str], size: int, seed: int) -> bool:
 MODELS = [
     ("torchvision resnet18", lambda: torchvision.models.resnet18(num_classes=10), ["--model", "torchvision-resnet18"], 64),
     ("torchvision resnet50", lambda: torchvision.models.resnet50(num_classes=10), ["--model", "torchvision-resnet50"], 64),
+    ("authors tied [3,2,5,2] w8", lambda: AuthorsResNet([3, 2, 5, 2], 8, tied=True),
+     ["--model", "authors-resnet-3-2-5-2", "--planes", "8", "--tied"], 32),
+    ("authors untied [3,2,5,2] w8", lambda: AuthorsResNet([3, 2, 5, 2], 8, tied=False),
+     ["--model", "authors-resnet-3-2-5-2", "--planes", "8"], 32),
 ]
 
 

@@ -61,13 +61,34 @@ impl InitArgs {
     }
 }
 
-/// The model spec of an imported checkpoint (`--model`, `--original`).
-pub fn import_spec(model: &str, original: bool) -> anyhow::Result<ModelSpec> {
-    Ok(ModelSpec {
-        arch: model.parse::<Arch>()?,
-        original,
-        ..ModelSpec::default()
-    })
+/// The flags that fix an imported checkpoint's model.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ImportModelArgs {
+    /// The checkpoint's model: cifar-resnetL (with --original), torchvision-resnet18/34/50/101/152
+    /// or authors-resnet-A-B-C-D (the paper authors' models, n_layers per stage).
+    #[arg(long, default_value = "cifar-resnet20")]
+    pub model: String,
+    /// He et al.'s unscaled CIFAR ResNet (their checkpoints' form).
+    #[arg(long)]
+    pub original: bool,
+    /// authors-resnet: tied (IResNetAuto2) instead of untied (ResNetMemoryCustom).
+    #[arg(long)]
+    pub tied: bool,
+    /// authors-resnet: the first stage's base channels (the authors': 64).
+    #[arg(long, default_value_t = 64)]
+    pub planes: usize,
+}
+
+impl ImportModelArgs {
+    pub fn spec(&self) -> anyhow::Result<ModelSpec> {
+        Ok(ModelSpec {
+            arch: self.model.parse::<Arch>()?,
+            original: self.original,
+            tied: self.tied,
+            planes: self.planes,
+            ..ModelSpec::default()
+        })
+    }
 }
 
 /// `eval --init`: a pretrained checkpoint scored on `--data`.
@@ -115,8 +136,18 @@ pub fn eval_init(
 }
 
 fn model_name(spec: &ModelSpec) -> String {
-    let original = if spec.original { " --original" } else { "" };
-    format!("{}{original}", spec.arch)
+    let mut name = spec.arch.to_string();
+    if spec.original {
+        name += " --original";
+    }
+    if let Arch::Authors(_) = spec.arch {
+        name += &format!(
+            " --planes {}{}",
+            spec.planes,
+            if spec.tied { " --tied" } else { "" }
+        );
+    }
+    name
 }
 
 /// Write a model as safetensors with PyTorch's key names (`load_state_dict(strict=True)`).
@@ -128,12 +159,9 @@ pub struct ExportArgs {
     /// …or a checkpoint to convert (e.g. a legacy .th to .safetensors).
     #[arg(long)]
     init: Option<PathBuf>,
-    /// With --init: the checkpoint's model (cifar-resnetL --original, torchvision-resnetL).
-    #[arg(long, default_value = "cifar-resnet20")]
-    model: String,
-    /// With --init: He et al.'s unscaled CIFAR ResNet.
-    #[arg(long)]
-    original: bool,
+    /// With --init: the checkpoint's model.
+    #[command(flatten)]
+    model: ImportModelArgs,
     /// The safetensors file to write (atomically).
     #[arg(long)]
     out: PathBuf,
@@ -150,7 +178,7 @@ pub fn run_export(a: &ExportArgs) -> anyhow::Result<()> {
             (model, record.config.model, dir.clone())
         }
         (None, Some(path)) => {
-            let spec = import_spec(&a.model, a.original)?;
+            let spec = a.model.spec()?;
             let ck = Checkpoint::open(path)?;
             let input = ck.input(&spec, 32, 32)?;
             let model = ck.load(&spec, input, &p, &ImportOptions::default())?.model;

@@ -1,6 +1,6 @@
 //! `resnet-ode train` and `resnet-ode eval`: flags in, the library's trainer, a summary out.
 
-use super::pretrained::{eval_init, import_spec, InitArgs};
+use super::pretrained::{eval_init, ImportModelArgs, InitArgs};
 use super::DeviceArgs;
 use anyhow::Context;
 use resnet_ode::data::{Batch, DataSpec};
@@ -115,13 +115,9 @@ pub struct EvalArgs {
     depth: Option<usize>,
     #[command(flatten)]
     init: InitArgs,
-    /// With --init: the checkpoint's model, cifar-resnetL (with --original) or
-    /// torchvision-resnet18/34/50/101/152.
-    #[arg(long, requires = "init")]
-    model: Option<String>,
-    /// With --init: He et al.'s unscaled CIFAR ResNet (their checkpoints' form).
-    #[arg(long, requires = "init")]
-    original: bool,
+    /// With --init: the checkpoint's model.
+    #[command(flatten)]
+    model: ImportModelArgs,
     /// With --init: the images (any --data source of train; an image folder is used whole,
     /// class folders named by integers giving the class index).
     #[arg(long, requires = "init")]
@@ -245,7 +241,7 @@ fn summarise(result: &TrainResult) {
 /// for a backprop run, the adjoint) needs, both measured on one step of a copy of the model
 /// with a random batch of the training shape.
 fn compare_memory(result: &TrainResult, config: &TrainConfig, p: &resnet_ode::device::Placement) {
-    if !memory::is_counting() || result.model.stacks().is_empty() {
+    if !memory::is_counting() || result.model.stack_depths().is_empty() {
         return;
     }
     let other = if config.grad == GradMode::Backprop {
@@ -284,9 +280,8 @@ pub fn eval(a: &EvalArgs) -> anyhow::Result<()> {
     let run = match (&a.run, &a.init.init) {
         (Some(run), _) => run,
         (None, Some(path)) => {
-            let model = a.model.as_deref().context("--init needs --model")?;
             let data = a.data.as_deref().context("--init needs --data")?;
-            let spec = import_spec(model, a.original)?;
+            let spec = a.model.spec()?;
             return eval_init(&a.init, path, &spec, data, a.json, &a.device);
         }
         (None, None) => anyhow::bail!("eval needs --run DIR or --init PATH"),

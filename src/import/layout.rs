@@ -1,7 +1,7 @@
 //! What the layouts share: choosing one for a model, and the names PyTorch gives to the
 //! layers inside a block.
 
-use super::{he, torchvision};
+use super::{authors, he, torchvision};
 use crate::models::{Arch, ModelSpec};
 use crate::{Error, Result};
 
@@ -12,6 +12,9 @@ pub enum Layout {
     He,
     /// torchvision's ImageNet ResNets (`torchvision-resnetL`).
     Torchvision,
+    /// The paper authors' models (`authors-resnet-A-B-C-D`): `IResNetAuto2` when tied,
+    /// `ResNetMemoryCustom` when not.
+    Authors { tied: bool },
 }
 
 impl Layout {
@@ -24,6 +27,7 @@ impl Layout {
                 format!("{}: He et al.'s checkpoints hold the unscaled blocks relu(x + f(x)); add --original (the depth-scaled form computes another function, so their weights do not fit it)", spec.arch),
             )),
             Arch::Torchvision(_) => Ok(Layout::Torchvision),
+            Arch::Authors(_) => Ok(Layout::Authors { tied: spec.tied }),
             Arch::Tiny => Err(Error::invalid(
                 "--model",
                 "tiny: no PyTorch layout is implemented for TinyResNet yet (cifar-resnetL --original and torchvision-resnetL are)",
@@ -36,6 +40,7 @@ impl Layout {
         match self {
             Layout::He => he::torch_key(path),
             Layout::Torchvision => torchvision::torch_key(path),
+            Layout::Authors { tied } => authors::torch_key(path, tied),
         }
     }
 
@@ -49,6 +54,7 @@ impl Layout {
         match self {
             Layout::He => he::HEAD,
             Layout::Torchvision => torchvision::HEAD,
+            Layout::Authors { .. } => authors::HEAD,
         }
     }
 }
@@ -104,6 +110,25 @@ mod tests {
         );
         assert_eq!(k("head.bias").as_deref(), Some("linear.bias"));
         assert_eq!(k("stages.0.rest.functions.0.conv1.weight"), None);
+    }
+
+    #[test]
+    fn authors_keys() {
+        let tied = |p: &str| Layout::Authors { tied: true }.torch_key(p);
+        let untied = |p: &str| Layout::Authors { tied: false }.torch_key(p);
+        assert_eq!(
+            tied("stages.2.stack.functions.0.conv1.weight").as_deref(),
+            Some("layer3.1.1.conv1.weight")
+        );
+        assert_eq!(
+            untied("stages.2.stack.functions.5.bn3.gamma").as_deref(),
+            Some("layer3.1.network.5.bn3.weight")
+        );
+        assert_eq!(
+            untied("stages.0.first.downsample.bn.running_var").as_deref(),
+            Some("layer1.0.downsample.1.running_var")
+        );
+        assert_eq!(tied("head.bias").as_deref(), Some("fc.bias"));
     }
 
     #[test]

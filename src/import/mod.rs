@@ -1,8 +1,8 @@
 //! Pretrained PyTorch checkpoints in and out: import a `.th`, `.pth` or `.safetensors` state
 //! dict into the project's [`Model`]s, and export a model as safetensors with PyTorch's names.
 //!
-//! One file per source layout ([`he`]: He et al.'s CIFAR ResNets; [`torchvision`]:
-//! torchvision's ResNets), each mapping our parameter paths to PyTorch keys; the same map
+//! One file per source layout (`he`: He et al.'s CIFAR ResNets; `torchvision`: torchvision's
+//! ResNets; `authors`: the paper authors' tied and untied models), each mapping our parameter paths to PyTorch keys; the same map
 //! serves the import and the export. The import is strict: every tensor of the model must be
 //! found with its shape, every tensor of the file must be used, and none may hold NaN or
 //! infinity. burn-store's own loaders are lenient where this must not be (a partial load into
@@ -12,6 +12,7 @@
 //! The library entry point is [`load_model`]; [`Checkpoint`] gives the steps separately
 //! (read once, ask for the class count, load, list what a partial load skipped).
 
+mod authors;
 mod checkpoint;
 mod he;
 mod layout;

@@ -8,11 +8,13 @@
 //! Every model exposes `forward_train(x, mode, bn) -> (logits, runs)`; the backward is
 //! [`crate::grad::backward_through`] over [`Model::stacks`] and those runs.
 
+mod authors;
 mod cifar;
 mod layers;
 mod tiny;
 mod torchvision;
 
+pub use authors::{AuthorsConfig, AuthorsResNet, AuthorsStage, IMAGENET_CLASSES};
 pub use cifar::{CifarConfig, CifarResNet, Rest, Stage, STAGE_CHANNELS};
 pub use layers::{
     BasicBlock, BottleneckBlock, Downsample, Head, Pool, Stem, StridedConv, BOTTLENECK_EXPANSION,
@@ -24,12 +26,12 @@ use crate::device::Placement;
 use crate::grad::{GradMode, StackRun};
 use crate::norm::BnMode;
 use crate::params::{independent_copy, plain_view};
-use crate::residual::ConvBlock;
+use crate::residual::{Bottleneck, ConvBlock};
 use crate::rng::Rng;
 use crate::scheme::Scheme;
 use crate::stack::Stack;
 use crate::{Error, Result};
-use burn::module::Module;
+use burn::module::{Module, ModuleDisplay};
 use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 use std::convert::Infallible;
@@ -60,6 +62,9 @@ pub enum Arch {
     CifarResNet(usize),
     /// `torchvision-resnetL`: torchvision's ImageNet ResNet-L (18, 34, 50, 101, 152), unscaled.
     Torchvision(usize),
+    /// `authors-resnet-A-B-C-D`: the paper authors' ResNet with n_layers = [A, B, C, D]
+    /// (`IResNetAuto2` with `--tied`, `ResNetMemoryCustom` without).
+    Authors([usize; 4]),
 }
 
 impl FromStr for Arch {
@@ -67,6 +72,16 @@ impl FromStr for Arch {
     fn from_str(s: &str) -> Result<Self> {
         if s == "tiny" {
             return Ok(Arch::Tiny);
+        }
+        if let Some(list) = s.strip_prefix("authors-resnet-") {
+            let layers: Vec<usize> = list.split('-').filter_map(|n| n.parse().ok()).collect();
+            return match <[usize; 4]>::try_from(layers) {
+                Ok(layers) if layers.iter().all(|&n| n >= 2) => Ok(Arch::Authors(layers)),
+                _ => Err(Error::invalid(
+                    "--model",
+                    format!("`{s}`: expected authors-resnet-A-B-C-D, the layers of the four stages, each ≥ 2 (e.g. authors-resnet-4-4-32-4)"),
+                )),
+            };
         }
         if let Some(l) = s.strip_prefix("torchvision-resnet") {
             let layers = l.parse::<usize>().unwrap_or(0);
@@ -80,7 +95,7 @@ impl FromStr for Arch {
             Some(l) if l >= 14 && (l - 2).is_multiple_of(6) => Ok(Arch::CifarResNet(l)),
             _ => Err(Error::invalid(
                 "--model",
-                format!("`{s}`: expected tiny, cifar-resnetL with L = 6n+2, n ≥ 2 (cifar-resnet20, 32, 44, 56, 110, 1202) or torchvision-resnet18/34/50/101/152"),
+                format!("`{s}`: expected tiny, cifar-resnetL with L = 6n+2, n ≥ 2 (cifar-resnet20, 32, 44, 56, 110, 1202) or torchvision-resnet18/34/50/101/152 or authors-resnet-A-B-C-D"),
             )),
         }
     }
@@ -92,6 +107,7 @@ impl std::fmt::Display for Arch {
             Arch::Tiny => write!(f, "tiny"),
             Arch::CifarResNet(l) => write!(f, "cifar-resnet{l}"),
             Arch::Torchvision(l) => write!(f, "torchvision-resnet{l}"),
+            Arch::Authors([a, b, c, d]) => write!(f, "authors-resnet-{a}-{b}-{c}-{d}"),
         }
     }
 }
@@ -134,6 +150,13 @@ impl ModelSpec {
     pub fn stack_depth(&self) -> Result<usize> {
         match self.arch {
             Arch::Tiny => Ok(self.depth.unwrap_or(DEFAULT_TINY_DEPTH)),
+            Arch::Authors(layers) => match self.depth {
+                Some(_) => Err(Error::invalid(
+                    "--depth",
+                    format!("{}: the depths are fixed by the name", self.arch),
+                )),
+                None => Ok(layers.iter().max().map_or(0, |n| n - 1)),
+            },
             Arch::Torchvision(_) => match self.depth {
                 Some(_) => Err(Error::invalid(
                     "--depth",
@@ -167,7 +190,7 @@ impl ModelSpec {
                 return Err(Error::invalid("--grad", format!("{mode}: {} applies a ReLU after every addition, which cannot be inverted; use --grad backprop", self.arch)));
             }
         }
-        if self.original && self.arch == Arch::Tiny {
+        if self.original && !matches!(self.arch, Arch::CifarResNet(_)) {
             return Err(Error::invalid(
                 "--original",
                 "applies to the cifar-resnet models only",
@@ -217,6 +240,15 @@ impl ModelSpec {
             Arch::Torchvision(layers) => {
                 TorchvisionResNet::init(layers, input, p, rng).map(Model::Torchvision)
             }
+            Arch::Authors(layers) => AuthorsConfig {
+                layers,
+                planes: self.planes,
+                tied: self.tied,
+                scheme: self.scheme,
+                input,
+            }
+            .init(p, rng)
+            .map(Model::Authors),
         }
     }
 }
@@ -227,6 +259,7 @@ pub enum Model {
     Tiny(TinyResNet),
     Cifar(CifarResNet),
     Torchvision(TorchvisionResNet),
+    Authors(AuthorsResNet),
 }
 
 impl Model {
@@ -243,6 +276,7 @@ impl Model {
             Model::Tiny(m) => m.forward_train(x, mode, bn),
             Model::Cifar(m) => m.forward_train(x, mode, bn),
             Model::Torchvision(m) => m.forward_train(x, bn),
+            Model::Authors(m) => m.forward_train(x, mode, bn),
         }
     }
 
@@ -253,27 +287,49 @@ impl Model {
             Model::Tiny(m) => m.forward_plain(x),
             Model::Cifar(m) => m.forward_plain(x),
             Model::Torchvision(m) => m.forward_plain(x),
+            Model::Authors(m) => m.forward_plain(x),
         }
     }
 
-    /// The residual stacks, in forward order.
+    /// The residual stacks of conv blocks, in forward order (none for the authors' models,
+    /// whose stacks are [`Model::bottleneck_stacks`]).
     pub fn stacks(&self) -> Vec<&Stack<ConvBlock>> {
         match self {
             Model::Tiny(m) => vec![&m.stack],
             Model::Cifar(m) => m.stacks(),
-            Model::Torchvision(_) => Vec::new(),
+            Model::Torchvision(_) | Model::Authors(_) => Vec::new(),
         }
+    }
+
+    /// The residual stacks of bottlenecks (the authors' models), in forward order.
+    pub fn bottleneck_stacks(&self) -> Vec<&Stack<Bottleneck>> {
+        match self {
+            Model::Authors(m) => m.stacks(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// The depth N of every stack, of either kind, in forward order.
+    pub fn stack_depths(&self) -> Vec<usize> {
+        let conv = self.stacks().into_iter().map(|s| s.depth);
+        conv.chain(self.bottleneck_stacks().into_iter().map(|s| s.depth))
+            .collect()
     }
 
     /// Whether every stack shares one function over depth.
     pub fn is_tied(&self) -> bool {
-        let stacks = self.stacks();
-        !stacks.is_empty() && stacks.iter().all(|s| s.is_tied())
+        let (conv, bottleneck) = (self.stacks(), self.bottleneck_stacks());
+        !(conv.is_empty() && bottleneck.is_empty())
+            && conv.iter().all(|s| s.is_tied())
+            && bottleneck.iter().all(|s| s.is_tied())
     }
 
     /// An independent copy where every stack's shared function becomes N independent copies:
     /// the same outputs before training, separate parameters after (paper.md §3.5).
     pub fn untie(&self) -> Model {
+        if let Model::Authors(m) = self {
+            return Model::Authors(m.untie());
+        }
         let Ok(model) = self.copy_with_stacks(|s| Ok::<_, Infallible>(s.untie()));
         model
     }
@@ -281,6 +337,9 @@ impl Model {
     /// An independent copy with `depth` functions per stack, function i copying function
     /// ⌊i·N/depth⌋ (see [`Stack::piecewise_copy`]); stem, head and other layers are copied.
     pub fn piecewise_copy(&self, depth: usize) -> Result<Model> {
+        if let Model::Authors(m) = self {
+            return Ok(Model::Authors(m.piecewise_copy(depth)?));
+        }
         if self.stacks().is_empty() {
             return Err(Error::invalid(
                 "--model",
@@ -326,6 +385,7 @@ impl Model {
                 })
             }
             Model::Torchvision(m) => Model::Torchvision(independent_copy(m)),
+            Model::Authors(m) => Model::Authors(independent_copy(m)),
         })
     }
 
@@ -333,8 +393,7 @@ impl Model {
     /// models, a finer or coarser discretisation of the same ODE (the "ODE-like" test of
     /// paper.md §3.2). Untied models only accept their own depth.
     pub fn with_depth(self, depth: usize) -> Result<Model> {
-        let stacks = self.stacks();
-        if stacks.iter().all(|s| s.depth == depth) {
+        if self.stack_depths().iter().all(|&d| d == depth) {
             return Ok(self);
         }
         if !self.is_tied() {
@@ -357,6 +416,7 @@ impl Model {
                 Ok(Model::Cifar(CifarResNet { stages, ..m }))
             }
             Model::Torchvision(m) => Ok(Model::Torchvision(m)),
+            Model::Authors(m) => Ok(Model::Authors(m.with_depth(depth)?)),
         }
     }
 }
@@ -370,7 +430,7 @@ fn stage_with_depth(s: Stage, depth: usize) -> Result<Stage> {
 }
 
 /// A tied stack's function used `depth` times.
-fn retie(stack: Stack<ConvBlock>, depth: usize) -> Result<Stack<ConvBlock>> {
+pub(super) fn retie<F: Module + ModuleDisplay>(stack: Stack<F>, depth: usize) -> Result<Stack<F>> {
     let scheme: Scheme = stack.scheme;
     match stack.functions.into_iter().next() {
         Some(f) => Stack::tied(f, depth, scheme),

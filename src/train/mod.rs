@@ -277,13 +277,14 @@ pub fn lr_scales(model: &Model, adaptive: bool) -> HashMap<ParamId, f64> {
     if !adaptive {
         return HashMap::new();
     }
-    let mut scales = HashMap::new();
-    for stack in model.stacks() {
-        for p in named(stack) {
-            scales.insert(p.id, stack.depth as f64);
-        }
-    }
-    scales
+    let conv = model.stacks().into_iter().map(|s| (s.depth, named(s)));
+    let bottleneck = model
+        .bottleneck_stacks()
+        .into_iter()
+        .map(|s| (s.depth, named(s)));
+    conv.chain(bottleneck)
+        .flat_map(|(depth, params)| params.into_iter().map(move |p| (p.id, depth as f64)))
+        .collect()
 }
 
 /// The model a fresh run starts from: the pretrained checkpoint, else a seeded random draw.
@@ -620,7 +621,11 @@ pub fn step_gradients(model: &Model, batch: &DeviceBatch, mode: GradMode, bn: Bn
     let value = to_vec(&loss).first().copied().unwrap_or(f64::NAN);
     let mut grads = GradientsParams::new();
     if value.is_finite() {
-        backward_through(model, &model.stacks(), runs, loss.backward(), &mut grads);
+        let back = loss.backward();
+        match model {
+            Model::Authors(m) => backward_through(model, &m.stacks(), runs, back, &mut grads),
+            _ => backward_through(model, &model.stacks(), runs, back, &mut grads),
+        }
     }
     StepGrads {
         loss: value,
@@ -776,7 +781,7 @@ pub struct EvalReport {
 /// `depth` functions if given (tied models only: the ODE-like test of paper.md §3.2).
 pub fn eval_run(dir: &Path, depth: Option<usize>, p: &Placement) -> Result<EvalReport> {
     let (record, state, model) = load_run(dir, p)?;
-    let trained_depth = model.stacks().first().map_or(0, |s| s.depth);
+    let trained_depth = model.stack_depths().first().copied().unwrap_or(0);
     let model = match depth {
         Some(d) => model.with_depth(d)?,
         None => model,
@@ -790,7 +795,7 @@ pub fn eval_run(dir: &Path, depth: Option<usize>, p: &Placement) -> Result<EvalR
     let test = Arc::new(test);
     let (test_loss, test_acc) = evaluate(&model, &test, p)?;
     Ok(EvalReport {
-        depth: model.stacks().first().map_or(0, |s| s.depth),
+        depth: model.stack_depths().first().copied().unwrap_or(0),
         trained_depth,
         epochs: state.epoch,
         test_loss,
