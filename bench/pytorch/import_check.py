@@ -1,6 +1,7 @@
 """By-hand check of `resnet-ode eval --init` and `resnet-ode export` against PyTorch (never CI).
 
-Models: torchvision's resnet18 and resnet50, and PyTorch versions of the paper authors' models
+Models: He et al.'s CIFAR ResNet-20 (akamaster's naming), torchvision's resnet18 and resnet50,
+and PyTorch versions of the paper authors' models
 (tied IResNetAuto2, untied ResNetMemoryCustom; written here after paper.md §3.2 and
 ../shared/data/authors-state-dicts.md, at a CPU-sized width).
 
@@ -109,6 +110,45 @@ def checkpoint_files(model: torch.nn.Module, folder: Path) -> list[Path]:
     torch.save(wrapped, th, _use_new_zipfile_serialization=False)
     save_safetensors({k: v for k, v in sd.items() if v.is_floating_point()}, st)
     return [pth, th, st]
+
+
+class HeBlock(torch.nn.Module):
+    """akamaster's CIFAR BasicBlock: relu(bn2(conv2(relu(bn1(conv1 x)))) + shortcut), option A."""
+
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        nn = torch.nn
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.pad = (cout - cin) // 2 if (stride != 1 or cin != cout) else None
+
+    def forward(self, x):
+        out = self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x)))))
+        sc = x if self.pad is None else torch.nn.functional.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, self.pad, self.pad))
+        return torch.relu(out + sc)
+
+
+class HeResNet(torch.nn.Module):
+    """He et al.'s CIFAR ResNet-(6n+2) as akamaster/pytorch_resnet_cifar10 names it."""
+
+    def __init__(self, n: int, num_classes: int = 10):
+        super().__init__()
+        nn = torch.nn
+        self.conv1 = nn.Conv2d(3, 16, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(16)
+        cin = 16
+        for k, c in enumerate((16, 32, 64)):
+            blocks = [HeBlock(cin if j == 0 else c, c, 2 if (k > 0 and j == 0) else 1) for j in range(n)]
+            setattr(self, f"layer{k + 1}", nn.Sequential(*blocks))
+            cin = c
+        self.linear = nn.Linear(64, num_classes)
+
+    def forward(self, x):
+        x = torch.relu(self.bn1(self.conv1(x)))
+        x = self.layer3(self.layer2(self.layer1(x)))
+        return self.linear(torch.flatten(torch.nn.functional.adaptive_avg_pool2d(x, 1), 1))
 
 
 class MBottleneck(torch.nn.Module):
@@ -224,6 +264,7 @@ def check(name: str, make, flags: list[str], size: int, seed: int) -> bool:
 
 
 MODELS = [
+    ("He et al. resnet20", lambda: HeResNet(3), ["--model", "cifar-resnet20", "--original"], 32),
     ("torchvision resnet18", lambda: torchvision.models.resnet18(num_classes=10), ["--model", "torchvision-resnet18"], 64),
     ("torchvision resnet50", lambda: torchvision.models.resnet50(num_classes=10), ["--model", "torchvision-resnet50"], 64),
     ("authors tied [3,2,5,2] w8", lambda: AuthorsResNet([3, 2, 5, 2], 8, tied=True),
