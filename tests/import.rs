@@ -167,6 +167,31 @@ fn cli_eval_init_prints_20_of_20() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains("accuracy 100.00% (20/20)"), "{stdout}");
+
+    // export converts it, and the export scores the same.
+    let exported = dir.0.join("r20.safetensors");
+    let out = Command::new(env!("CARGO_BIN_EXE_resnet-ode"))
+        .args(["export", "--init", th.to_str().unwrap()])
+        .args(["--model", "cifar-resnet20", "--original", "--out"])
+        .arg(&exported)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_resnet-ode"))
+        .args(["eval", "--init", exported.to_str().unwrap()])
+        .args(["--model", "cifar-resnet20", "--original", "--data"])
+        .arg(format!("images:{}", dir.0.display()))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("97 tensors): accuracy 100.00% (20/20)"),
+        "{stdout}"
+    );
 }
 
 /// A seeded random model whose batch norms have non-trivial running statistics (one

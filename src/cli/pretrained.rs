@@ -18,7 +18,7 @@ pub struct InitArgs {
     #[arg(long)]
     pub init: Option<PathBuf>,
     /// Load what fits the model and list the rest, instead of failing on any mismatch.
-    #[arg(long, requires = "init")]
+    #[arg(long)]
     pub partial: bool,
     /// Input normalisation the checkpoint was trained with: imagenet (torchvision, He et al.'s
     /// CIFAR ResNets), cifar10 (the paper authors' models) or none.

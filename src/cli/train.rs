@@ -120,7 +120,7 @@ pub struct EvalArgs {
     model: ImportModelArgs,
     /// With --init: the images (any --data source of train; an image folder is used whole,
     /// class folders named by integers giving the class index).
-    #[arg(long, requires = "init")]
+    #[arg(long)]
     data: Option<String>,
     /// Print the result as JSON (with --init: every image's label, prediction and logits).
     #[arg(long)]
@@ -132,6 +132,10 @@ pub struct EvalArgs {
 impl TrainArgs {
     /// The library configuration these flags name (each parse error names its flag).
     fn config(&self) -> anyhow::Result<TrainConfig> {
+        anyhow::ensure!(
+            self.init.init.is_some() || !self.init.partial,
+            "invalid --partial: applies with --init only"
+        );
         let data: DataSpec = self.data.parse()?;
         let augment = match self.augment.as_str() {
             "on" => true,
@@ -278,7 +282,13 @@ fn compare_memory(result: &TrainResult, config: &TrainConfig, p: &resnet_ode::de
 
 pub fn eval(a: &EvalArgs) -> anyhow::Result<()> {
     let run = match (&a.run, &a.init.init) {
-        (Some(run), _) => run,
+        (Some(run), _) => {
+            anyhow::ensure!(
+                a.data.is_none() && !a.init.partial && !a.model.original && !a.model.tied,
+                "--data, --partial, --original and --tied apply with --init only (a run is evaluated on its own test set)"
+            );
+            run
+        }
         (None, Some(path)) => {
             let data = a.data.as_deref().context("--init needs --data")?;
             let spec = a.model.spec()?;
