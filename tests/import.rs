@@ -627,3 +627,24 @@ fn authors_stacks_train_in_every_gradient_mode() {
         }
     }
 }
+
+#[test]
+fn tiny_resnet_round_trips_in_the_authors_naming() {
+    let tiny = ModelSpec {
+        depth: Some(4),
+        planes: 4,
+        ..ModelSpec::default()
+    };
+    round_trip(&tiny, shape(10), Precision::F32, 5 + 4 * 12 + 2);
+    let tied = ModelSpec { tied: true, ..tiny };
+    let p = placement(Precision::F32);
+    let dir = TempDir::new("tiny-tied");
+    let e = export(
+        &tied.init(&p, shape(10), &mut Rng::new(0)).unwrap(),
+        &tied,
+        &dir.0.join("t.safetensors"),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("--tied") && e.contains("untied"), "{e}");
+}

@@ -1,8 +1,8 @@
 """By-hand check of `resnet-ode eval --init` and `resnet-ode export` against PyTorch (never CI).
 
 Models: He et al.'s CIFAR ResNet-20 (akamaster's naming), torchvision's resnet18 and resnet50,
-and PyTorch versions of the paper authors' models
-(tied IResNetAuto2, untied ResNetMemoryCustom; written here after paper.md §3.2 and
+and PyTorch versions of the paper authors' models (iTinyResnet, Euler and Heun;
+tied IResNetAuto2, untied ResNetMemoryCustom; written here after paper.md §3.2 and
 ../shared/data/authors-state-dicts.md, at a CPU-sized width).
 
 For each model: build it in PyTorch with seeded random weights (batch-norm affine parameters and
@@ -62,7 +62,10 @@ def randomise(model: torch.nn.Module, seed: int) -> torch.nn.Module:
     return model.eval()
 
 
-def write_images(folder: Path, count: int, size: int, seed: int) -> torch.Tensor:
+NORMALISE = {"imagenet": (MEAN, STD), "cifar10": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010))}
+
+
+def write_images(folder: Path, count: int, size: int, seed: int, preset: str) -> torch.Tensor:
     """`count` random RGB PNGs in folder/0/; returns them normalised as the binary reads them."""
     rng = np.random.default_rng(seed)
     pixels = rng.integers(0, 256, size=(count, size, size, 3), dtype=np.uint8)
@@ -70,7 +73,8 @@ def write_images(folder: Path, count: int, size: int, seed: int) -> torch.Tensor
     for i, img in enumerate(pixels):
         Image.fromarray(img, "RGB").save(folder / "0" / f"img_{i:03d}.png")
     x = torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255.0
-    return (x - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
+    mean, std = NORMALISE[preset]
+    return (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
 
 
 def save_safetensors(sd: dict, path: Path) -> None:
@@ -149,6 +153,46 @@ class HeResNet(torch.nn.Module):
         x = torch.relu(self.bn1(self.conv1(x)))
         x = self.layer3(self.layer2(self.layer1(x)))
         return self.linear(torch.flatten(torch.nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+
+class TinyResidual(torch.nn.Module):
+    """The authors' TinyResidual: bn2(conv2(relu(bn1(conv1 x)))), convolutions with biases."""
+
+    def __init__(self, planes: int):
+        super().__init__()
+        nn = torch.nn
+        self.conv1 = nn.Conv2d(planes, planes, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, padding=1)
+        self.bn2 = nn.BatchNorm2d(planes)
+
+    def forward(self, x):
+        return self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x)))))
+
+
+class TinyResnet(torch.nn.Module):
+    """The authors' iTinyResnet (paper.md §3.4) in its backprop form, Euler or Heun (N − 1 steps)."""
+
+    def __init__(self, n: int, planes: int, heun: bool, num_classes: int = 10):
+        super().__init__()
+        nn = torch.nn
+        self.conv1 = nn.Conv2d(3, planes, 5, stride=3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.residual_layers = nn.ModuleList([TinyResidual(planes) for _ in range(n)])
+        self.linear = nn.Linear(4 * planes, num_classes)
+        self.n, self.heun = n, heun
+
+    def forward(self, x):
+        out, f, n = torch.relu(self.bn1(self.conv1(x))), self.residual_layers, self.n
+        if self.heun:
+            for i in range(n - 1):
+                fx = f[i](out)
+                out = out + (f[i + 1](out + fx / n) + fx) / 2 / n
+        else:
+            for g in f:
+                out = out + g(out) / n
+        out = torch.nn.functional.avg_pool2d(out, 4)
+        return self.linear(out.flatten(1))
 
 
 class MBottleneck(torch.nn.Module):
@@ -241,7 +285,8 @@ def check(name: str, make, flags: list[str], size: int, seed: int) -> bool:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         model = randomise(make(), seed)
-        x = write_images(tmp / "images", 4, size, seed)
+        preset = flags[flags.index("--normalize") + 1] if "--normalize" in flags else "imagenet"
+        x = write_images(tmp / "images", 4, size, seed, preset)
         with torch.no_grad():
             ref = model(x)
         data = ["--data", f"images:{tmp / 'images'}", "--json"]
@@ -252,7 +297,8 @@ def check(name: str, make, flags: list[str], size: int, seed: int) -> bool:
             ok &= d < TOL
             print(f"{name:24} import {path.suffix:13} {out['loaded']:4} tensors  max rel |Δlogit| {d:.2e}  {'ok' if d < TOL else 'FAIL'}")
         exported = tmp / "export.safetensors"
-        run(["export", "--init", str(tmp / "model.pth"), *flags, "--out", str(exported)])
+        model_flags = [f for i, f in enumerate(flags) if "--normalize" not in flags[max(i - 1, 0) : i + 1]]
+        run(["export", "--init", str(tmp / "model.pth"), *model_flags, "--out", str(exported)])
         fresh = make().eval()
         missing_unexpected = fresh.load_state_dict(load_safetensors(exported), strict=True)
         with torch.no_grad():
@@ -267,6 +313,10 @@ MODELS = [
     ("He et al. resnet20", lambda: HeResNet(3), ["--model", "cifar-resnet20", "--original"], 32),
     ("torchvision resnet18", lambda: torchvision.models.resnet18(num_classes=10), ["--model", "torchvision-resnet18"], 64),
     ("torchvision resnet50", lambda: torchvision.models.resnet50(num_classes=10), ["--model", "torchvision-resnet50"], 64),
+    ("authors TinyResnet N=6 P=8", lambda: TinyResnet(6, 8, heun=False),
+     ["--model", "tiny", "--depth", "6", "--planes", "8", "--normalize", "cifar10"], 32),
+    ("authors TinyResnet Heun N=6", lambda: TinyResnet(6, 8, heun=True),
+     ["--model", "tiny", "--depth", "6", "--planes", "8", "--scheme", "heun", "--normalize", "cifar10"], 32),
     ("authors tied [3,2,5,2] w8", lambda: AuthorsResNet([3, 2, 5, 2], 8, tied=True),
      ["--model", "authors-resnet-3-2-5-2", "--planes", "8", "--tied"], 32),
     ("authors untied [3,2,5,2] w8", lambda: AuthorsResNet([3, 2, 5, 2], 8, tied=False),

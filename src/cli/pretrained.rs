@@ -64,8 +64,9 @@ impl InitArgs {
 /// The flags that fix an imported checkpoint's model.
 #[derive(clap::Args, Debug, Clone)]
 pub struct ImportModelArgs {
-    /// The checkpoint's model: cifar-resnetL (with --original), torchvision-resnet18/34/50/101/152
-    /// or authors-resnet-A-B-C-D (the paper authors' models, n_layers per stage).
+    /// The checkpoint's model: cifar-resnetL (with --original), torchvision-resnet18/34/50/101/152,
+    /// authors-resnet-A-B-C-D (the paper authors' models, n_layers per stage) or tiny (their
+    /// iTinyResnet).
     #[arg(long, default_value = "cifar-resnet20")]
     pub model: String,
     /// He et al.'s unscaled CIFAR ResNet (their checkpoints' form).
@@ -74,18 +75,24 @@ pub struct ImportModelArgs {
     /// authors-resnet: tied (IResNetAuto2) instead of untied (ResNetMemoryCustom).
     #[arg(long)]
     pub tied: bool,
-    /// authors-resnet: the first stage's base channels (the authors': 64).
+    /// authors-resnet: the first stage's base channels (the authors': 64); tiny: the channels P.
     #[arg(long, default_value_t = 64)]
     pub planes: usize,
+    /// tiny and authors-resnet: the depth scheme, euler or heun.
+    #[arg(long, default_value = "euler")]
+    pub scheme: String,
 }
 
 impl ImportModelArgs {
-    pub fn spec(&self) -> anyhow::Result<ModelSpec> {
+    /// The spec these flags name, with `depth` residual functions (tiny; None: 8).
+    pub fn spec(&self, depth: Option<usize>) -> anyhow::Result<ModelSpec> {
         Ok(ModelSpec {
             arch: self.model.parse::<Arch>()?,
             original: self.original,
             tied: self.tied,
             planes: self.planes,
+            depth,
+            scheme: self.scheme.parse()?,
             ..ModelSpec::default()
         })
     }
@@ -140,7 +147,7 @@ fn model_name(spec: &ModelSpec) -> String {
     if spec.original {
         name += " --original";
     }
-    if let Arch::Authors(_) = spec.arch {
+    if matches!(spec.arch, Arch::Authors(_) | Arch::Tiny) {
         name += &format!(
             " --planes {}{}",
             spec.planes,
@@ -162,6 +169,9 @@ pub struct ExportArgs {
     /// With --init: the checkpoint's model.
     #[command(flatten)]
     model: ImportModelArgs,
+    /// With --init and tiny: the residual functions N (default 8).
+    #[arg(long)]
+    depth: Option<usize>,
     /// The safetensors file to write (atomically).
     #[arg(long)]
     out: PathBuf,
@@ -178,7 +188,7 @@ pub fn run_export(a: &ExportArgs) -> anyhow::Result<()> {
             (model, record.config.model, dir.clone())
         }
         (None, Some(path)) => {
-            let spec = a.model.spec()?;
+            let spec = a.model.spec(a.depth)?;
             let ck = Checkpoint::open(path)?;
             let input = ck.input(&spec, 32, 32)?;
             let model = ck.load(&spec, input, &p, &ImportOptions::default())?.model;

@@ -110,7 +110,8 @@ pub struct EvalArgs {
     /// Run directory written by `resnet-ode train`.
     #[arg(long, required_unless_present = "init", conflicts_with = "init")]
     run: Option<PathBuf>,
-    /// Residual functions per stack (tied models only; default: the trained depth).
+    /// Residual functions per stack (tied models only; default: the trained depth). With
+    /// --init and tiny: the checkpoint's N (default 8).
     #[arg(long)]
     depth: Option<usize>,
     #[command(flatten)]
@@ -291,7 +292,7 @@ pub fn eval(a: &EvalArgs) -> anyhow::Result<()> {
         }
         (None, Some(path)) => {
             let data = a.data.as_deref().context("--init needs --data")?;
-            let spec = a.model.spec()?;
+            let spec = a.model.spec(a.depth)?;
             return eval_init(&a.init, path, &spec, data, a.json, &a.device);
         }
         (None, None) => anyhow::bail!("eval needs --run DIR or --init PATH"),

@@ -1,7 +1,7 @@
 //! What the layouts share: choosing one for a model, and the names PyTorch gives to the
 //! layers inside a block.
 
-use super::{authors, he, torchvision};
+use super::{authors, he, tiny, torchvision};
 use crate::models::{Arch, ModelSpec};
 use crate::{Error, Result};
 
@@ -15,6 +15,8 @@ pub enum Layout {
     /// The paper authors' models (`authors-resnet-A-B-C-D`): `IResNetAuto2` when tied,
     /// `ResNetMemoryCustom` when not.
     Authors { tied: bool },
+    /// The paper's TinyResNet as the authors name it (`tiny`, untied).
+    Tiny,
 }
 
 impl Layout {
@@ -28,10 +30,11 @@ impl Layout {
             )),
             Arch::Torchvision(_) => Ok(Layout::Torchvision),
             Arch::Authors(_) => Ok(Layout::Authors { tied: spec.tied }),
-            Arch::Tiny => Err(Error::invalid(
-                "--model",
-                "tiny: no PyTorch layout is implemented for TinyResNet yet (cifar-resnetL --original and torchvision-resnetL are)",
+            Arch::Tiny if spec.tied => Err(Error::invalid(
+                "--tied",
+                "the authors' TinyResNet (iTinyResnet) is untied: its checkpoints hold N functions",
             )),
+            Arch::Tiny => Ok(Layout::Tiny),
         }
     }
 
@@ -41,6 +44,7 @@ impl Layout {
             Layout::He => he::torch_key(path),
             Layout::Torchvision => torchvision::torch_key(path),
             Layout::Authors { tied } => authors::torch_key(path, tied),
+            Layout::Tiny => tiny::torch_key(path),
         }
     }
 
@@ -55,6 +59,7 @@ impl Layout {
             Layout::He => he::HEAD,
             Layout::Torchvision => torchvision::HEAD,
             Layout::Authors { .. } => authors::HEAD,
+            Layout::Tiny => tiny::HEAD,
         }
     }
 }
@@ -129,6 +134,21 @@ mod tests {
             Some("layer1.0.downsample.1.running_var")
         );
         assert_eq!(tied("head.bias").as_deref(), Some("fc.bias"));
+    }
+
+    #[test]
+    fn tiny_keys() {
+        let k = |p: &str| Layout::Tiny.torch_key(p);
+        assert_eq!(
+            k("stack.functions.7.conv2.bias").as_deref(),
+            Some("residual_layers.7.conv2.bias")
+        );
+        assert_eq!(
+            k("stack.functions.0.bn2.gamma").as_deref(),
+            Some("residual_layers.0.bn2.weight")
+        );
+        assert_eq!(k("stem.conv.conv.weight").as_deref(), Some("conv1.weight"));
+        assert_eq!(k("head.weight").as_deref(), Some("linear.weight"));
     }
 
     #[test]

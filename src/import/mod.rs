@@ -2,7 +2,8 @@
 //! dict into the project's [`Model`]s, and export a model as safetensors with PyTorch's names.
 //!
 //! One file per source layout (`he`: He et al.'s CIFAR ResNets; `torchvision`: torchvision's
-//! ResNets; `authors`: the paper authors' tied and untied models), each mapping our parameter paths to PyTorch keys; the same map
+//! ResNets; `authors`: the paper authors' tied and untied models; `tiny`: their TinyResNet), each
+//! mapping our parameter paths to PyTorch keys; the same map
 //! serves the import and the export. The import is strict: every tensor of the model must be
 //! found with its shape, every tensor of the file must be used, and none may hold NaN or
 //! infinity. burn-store's own loaders are lenient where this must not be (a partial load into
@@ -16,6 +17,7 @@ mod authors;
 mod checkpoint;
 mod he;
 mod layout;
+mod tiny;
 mod torchvision;
 
 pub use checkpoint::{write_safetensors, StateDict};
