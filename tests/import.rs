@@ -407,6 +407,16 @@ fn corrupt_files_and_wrong_forms_are_clear_errors() {
         "{e}"
     );
 
+    // A pickle whose root is a call of `os.system`, not a dict of tensors.
+    let evil = dir.0.join("evil.pth");
+    std::fs::write(
+        &evil,
+        b"\x80\x02cos\nsystem\nq\x00X\x02\x00\x00\x00lsq\x01\x85q\x02Rq\x03.",
+    )
+    .unwrap();
+    let e = Checkpoint::open(&evil).err().unwrap().to_string();
+    assert!(e.contains("evil.pth") && e.contains("os.system"), "{e}");
+
     let base = he_tensors(&dir.0);
     let path = dir.0.join("whole.safetensors");
     write_safetensors(&path, &base).unwrap();

@@ -166,16 +166,14 @@ impl Checkpoint {
                     .push(format!("{} (no PyTorch name)", ours.name));
                 continue;
             };
+            let torch_expected = torch_shape(&ours.name, &expected);
             let Some(data) = self.tensors.get(&key) else {
-                plan.missing.push(format!(
-                    "{key} {}",
-                    shape_text(&torch_shape(&ours.name, &expected))
-                ));
+                plan.missing
+                    .push(format!("{key} {}", shape_text(&torch_expected)));
                 continue;
             };
             used.insert(key.clone());
             let found = data.shape().as_slice().to_vec();
-            let torch_expected = torch_shape(&ours.name, &expected);
             if found != torch_expected {
                 plan.misshaped.push(format!(
                     "{key}: expected {}, found {}",
