@@ -486,6 +486,7 @@ fn fine_tuning_trains_only_the_chosen_stages() {
             path: start.clone(),
             partial: false,
             normalize: "none".into(),
+            untie: false,
         }),
         train_stages: Some(vec!["layer3".into(), "head".into()]),
         ..TrainConfig::default()
@@ -657,4 +658,69 @@ fn tiny_resnet_round_trips_in_the_authors_naming() {
     .unwrap_err()
     .to_string();
     assert!(e.contains("--tied") && e.contains("untied"), "{e}");
+}
+
+#[test]
+fn a_tied_checkpoint_fine_tunes_untied_and_runs_at_any_depth() {
+    use resnet_ode::data::Split;
+    use resnet_ode::grad::GradMode;
+    use resnet_ode::train::{train_on, Pretrained, TrainConfig, TrainOptions};
+    let p = placement(Precision::F32);
+    let input = InputShape {
+        channels: 3,
+        height: 8,
+        width: 8,
+        classes: 10,
+    };
+    let tied = authors([3, 3, 4, 3], 2, true);
+    let dir = TempDir::new("untie");
+    let path = dir.0.join("tied.safetensors");
+    export(&random_model(&tied, input, &p), &tied, &path).unwrap();
+    // The ODE-like test: the tied functions at another depth.
+    let model = Checkpoint::open(&path)
+        .unwrap()
+        .load(&tied, input, &p, &ImportOptions::default())
+        .unwrap()
+        .model
+        .with_depth(8)
+        .unwrap();
+    assert_eq!(model.stack_depths(), [8, 8, 8, 8]);
+    let dataset = |n: usize, seed: u64| Dataset {
+        images: Rng::new(seed)
+            .normals(n * 3 * 64)
+            .into_iter()
+            .map(|v| v as f32)
+            .collect(),
+        labels: (0..n).map(|i| i % 10).collect(),
+        channels: 3,
+        height: 8,
+        width: 8,
+        classes: 10,
+        name: "random".into(),
+    };
+    let config = TrainConfig {
+        model: authors([3, 3, 4, 3], 2, false),
+        grad: GradMode::Adjoint,
+        epochs: 1,
+        batch_size: 8,
+        pretrained: Some(Pretrained {
+            path,
+            partial: false,
+            normalize: "none".into(),
+            untie: true,
+        }),
+        train_stages: Some(vec!["layer3".into()]),
+        ..TrainConfig::default()
+    };
+    let split = Split {
+        train: dataset(16, 1),
+        test: dataset(8, 2),
+    };
+    let result = train_on(split, &config, &p, &TrainOptions::default()).unwrap();
+    let stacks = result.model.bottleneck_stacks();
+    assert_eq!(result.model.stack_depths(), [2, 2, 3, 2]);
+    assert!(
+        stacks.iter().all(|s| s.functions.len() == s.depth),
+        "untied"
+    );
 }

@@ -84,25 +84,28 @@ pub struct ImportModelArgs {
 }
 
 impl ImportModelArgs {
-    /// The spec these flags name, with `depth` residual functions (tiny; None: 8).
+    /// The spec these flags name; `depth` is TinyResNet's N (None: 8) and ignored otherwise.
     pub fn spec(&self, depth: Option<usize>) -> anyhow::Result<ModelSpec> {
+        let arch = self.model.parse::<Arch>()?;
         Ok(ModelSpec {
-            arch: self.model.parse::<Arch>()?,
+            arch,
+            depth: depth.filter(|_| arch == Arch::Tiny),
             original: self.original,
             tied: self.tied,
             planes: self.planes,
-            depth,
             scheme: self.scheme.parse()?,
             ..ModelSpec::default()
         })
     }
 }
 
-/// `eval --init`: a pretrained checkpoint scored on `--data`.
+/// `eval --init`: a pretrained checkpoint scored on `--data`; a tied model with `depth` runs at
+/// that depth (the ODE-like test of paper.md §3.2 on a pretrained model).
 pub fn eval_init(
     init: &InitArgs,
     path: &Path,
     spec: &ModelSpec,
+    depth: Option<usize>,
     data: &str,
     json: bool,
     device: &DeviceArgs,
@@ -113,11 +116,18 @@ pub fn eval_init(
     Normalization::preset(&init.normalize, images.channels)?.apply(&mut images)?;
     let shape = [images.channels, images.height, images.width];
     let (imported, _) = init.load(path, spec, shape, &p)?;
-    let scores = score_images(&imported.model, &Arc::new(images), &p)?;
+    let (model, name) = match depth.filter(|_| spec.arch != Arch::Tiny) {
+        Some(d) => (
+            imported.model.with_depth(d)?,
+            format!("{} at depth {d}", model_name(spec)),
+        ),
+        None => (imported.model, model_name(spec)),
+    };
+    let scores = score_images(&model, &Arc::new(images), &p)?;
     if json {
         let out = serde_json::json!({
             "checkpoint": path,
-            "model": model_name(spec),
+            "model": name,
             "data": data,
             "normalize": init.normalize,
             "dtype": device.dtype,
@@ -131,7 +141,7 @@ pub fn eval_init(
     println!(
         "{} ({}, {} tensors): accuracy {:.2}% ({}/{}), loss {:.4} on {data} ({} normalisation)",
         path.display(),
-        model_name(spec),
+        name,
         imported.loaded,
         100.0 * scores.accuracy,
         scores.correct,

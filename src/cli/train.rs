@@ -99,6 +99,10 @@ pub struct TrainArgs {
     /// unless --bn frozen). Default: all.
     #[arg(long, value_delimiter = ',')]
     train_stages: Option<Vec<String>>,
+    /// With --init: the checkpoint holds the tied form of --model (e.g. the authors'
+    /// IResNetAuto2); the run trains it untied, each function copied N times (paper.md §3.5).
+    #[arg(long)]
+    untie: bool,
     #[command(flatten)]
     device: DeviceArgs,
 }
@@ -111,7 +115,7 @@ pub struct EvalArgs {
     #[arg(long, required_unless_present = "init", conflicts_with = "init")]
     run: Option<PathBuf>,
     /// Residual functions per stack (tied models only; default: the trained depth). With
-    /// --init and tiny: the checkpoint's N (default 8).
+    /// --init: a tied model runs at this depth; tiny: the checkpoint's N (default 8).
     #[arg(long)]
     depth: Option<usize>,
     #[command(flatten)]
@@ -134,8 +138,8 @@ impl TrainArgs {
     /// The library configuration these flags name (each parse error names its flag).
     fn config(&self) -> anyhow::Result<TrainConfig> {
         anyhow::ensure!(
-            self.init.init.is_some() || !self.init.partial,
-            "invalid --partial: applies with --init only"
+            self.init.init.is_some() || !(self.init.partial || self.untie),
+            "--partial and --untie apply with --init only"
         );
         let data: DataSpec = self.data.parse()?;
         let augment = match self.augment.as_str() {
@@ -180,6 +184,7 @@ impl TrainArgs {
                 path: path.clone(),
                 partial: self.init.partial,
                 normalize: self.init.normalize.clone(),
+                untie: self.untie,
             }),
             train_stages: self.train_stages.clone(),
         })
@@ -293,7 +298,7 @@ pub fn eval(a: &EvalArgs) -> anyhow::Result<()> {
         (None, Some(path)) => {
             let data = a.data.as_deref().context("--init needs --data")?;
             let spec = a.model.spec(a.depth)?;
-            return eval_init(&a.init, path, &spec, data, a.json, &a.device);
+            return eval_init(&a.init, path, &spec, a.depth, data, a.json, &a.device);
         }
         (None, None) => anyhow::bail!("eval needs --run DIR or --init PATH"),
     };

@@ -91,6 +91,10 @@ pub struct Pretrained {
     /// The input normalisation the checkpoint was trained with ([`Normalization::preset`]),
     /// used instead of the training set's statistics.
     pub normalize: String,
+    /// The checkpoint holds the tied form of the (untied) model: it is loaded tied and each
+    /// stack's function copied N times (the authors' tied-then-untied fine-tuning, §3.5).
+    #[serde(default)]
+    pub untie: bool,
 }
 
 impl Default for TrainConfig {
@@ -151,6 +155,12 @@ impl TrainConfig {
             }
         }
         self.optimizer.check()?;
+        if self.model.tied && self.pretrained.as_ref().is_some_and(|p| p.untie) {
+            return Err(Error::invalid(
+                "--untie",
+                "trains the untied model from a tied checkpoint: drop --tied",
+            ));
+        }
         self.model.check(self.grad)
     }
 }
@@ -302,7 +312,11 @@ fn initial_model(
     let options = ImportOptions {
         partial: pre.partial,
     };
-    let imported = Checkpoint::open(&pre.path)?.load(&config.model, input, p, &options)?;
+    let spec = ModelSpec {
+        tied: config.model.tied || pre.untie,
+        ..config.model.clone()
+    };
+    let imported = Checkpoint::open(&pre.path)?.load(&spec, input, p, &options)?;
     if progress && !imported.skipped.is_empty() {
         eprintln!(
             "--partial: {} tensors loaded from {}; skipped (random initialisation kept where missing):",
@@ -311,7 +325,11 @@ fn initial_model(
         );
         imported.skipped.iter().for_each(|s| eprintln!("  {s}"));
     }
-    Ok(imported.model)
+    Ok(if pre.untie {
+        imported.model.untie()
+    } else {
+        imported.model
+    })
 }
 
 /// The stage of parameter `path` in PyTorch's naming: `stem`, `layer{k}` (stage k, TinyResNet's
