@@ -5,7 +5,7 @@ use anyhow::Context;
 use resnet_ode::data::{DataSpec, Normalization};
 use resnet_ode::device::Placement;
 use resnet_ode::import::{export, Checkpoint, ImportOptions, Imported};
-use resnet_ode::models::{Arch, InputShape, ModelSpec};
+use resnet_ode::models::{Arch, ModelSpec, AUTHORS_PLANES, DEFAULT_PLANES};
 use resnet_ode::train::{load_run, score_images};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -27,15 +27,15 @@ pub struct InitArgs {
 }
 
 impl InitArgs {
-    /// Reads the checkpoint and loads it into a `spec` model for images of `height`×`width`
-    /// with `channels` channels, printing what a partial load skipped.
+    /// Reads the checkpoint and loads it into a `spec` model for images of `[channels, height,
+    /// width]`, printing what a partial load skipped.
     pub fn load(
         &self,
         path: &Path,
         spec: &ModelSpec,
         image: [usize; 3],
         p: &Placement,
-    ) -> anyhow::Result<(Imported, InputShape)> {
+    ) -> anyhow::Result<Imported> {
         let ck = Checkpoint::open(path)?;
         let input = ck.input(spec, image[1], image[2])?;
         anyhow::ensure!(
@@ -57,7 +57,7 @@ impl InitArgs {
             );
             imported.skipped.iter().for_each(|s| eprintln!("  {s}"));
         }
-        Ok((imported, input))
+        Ok(imported)
     }
 }
 
@@ -75,9 +75,10 @@ pub struct ImportModelArgs {
     /// authors-resnet: tied (IResNetAuto2) instead of untied (ResNetMemoryCustom).
     #[arg(long)]
     pub tied: bool,
-    /// authors-resnet: the first stage's base channels (the authors': 64); tiny: the channels P.
-    #[arg(long, default_value_t = 64)]
-    pub planes: usize,
+    /// authors-resnet: the first stage's base channels (default 64, the paper's); tiny: the
+    /// channels P (default 16, the paper's).
+    #[arg(long)]
+    pub planes: Option<usize>,
     /// tiny and authors-resnet: the depth scheme, euler or heun.
     #[arg(long, default_value = "euler")]
     pub scheme: String,
@@ -92,7 +93,10 @@ impl ImportModelArgs {
             depth: depth.filter(|_| arch == Arch::Tiny),
             original: self.original,
             tied: self.tied,
-            planes: self.planes,
+            planes: self.planes.unwrap_or(match arch {
+                Arch::Tiny => DEFAULT_PLANES,
+                _ => AUTHORS_PLANES,
+            }),
             scheme: self.scheme.parse()?,
             ..ModelSpec::default()
         })
@@ -115,7 +119,7 @@ pub fn eval_init(
     let mut images = source.load_eval(0)?;
     Normalization::preset(&init.normalize, images.channels)?.apply(&mut images)?;
     let shape = [images.channels, images.height, images.width];
-    let (imported, _) = init.load(path, spec, shape, &p)?;
+    let imported = init.load(path, spec, shape, &p)?;
     let (model, name) = match depth.filter(|_| spec.arch != Arch::Tiny) {
         Some(d) => (
             imported.model.with_depth(d)?,

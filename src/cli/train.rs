@@ -74,7 +74,8 @@ pub struct TrainArgs {
     /// Augmentation (crop with padding 4, horizontal flip): on, off or auto (on for CIFAR).
     #[arg(long, default_value = "auto")]
     augment: String,
-    /// TinyResNet's channels.
+    /// TinyResNet's channels; authors-resnet: the first stage's base channels (the paper's 64;
+    /// smaller values give CPU-sized models).
     #[arg(long, default_value_t = resnet_ode::models::DEFAULT_PLANES)]
     planes: usize,
     /// TinyResNet's piecewise-constant initialisation: distinct functions drawn.

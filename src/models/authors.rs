@@ -27,6 +27,9 @@ use burn::tensor::ops::MaxPoolOptions;
 use burn::tensor::Tensor;
 use std::convert::Infallible;
 
+/// The authors' base channels of the first stage (`planes` of their stage 1).
+pub const AUTHORS_PLANES: usize = 64;
+
 /// The class count for which the authors build the ImageNet stem.
 pub const IMAGENET_CLASSES: usize = 1000;
 

@@ -14,7 +14,7 @@ mod layers;
 mod tiny;
 mod torchvision;
 
-pub use authors::{AuthorsConfig, AuthorsResNet, AuthorsStage, IMAGENET_CLASSES};
+pub use authors::{AuthorsConfig, AuthorsResNet, AuthorsStage, AUTHORS_PLANES, IMAGENET_CLASSES};
 pub use cifar::{CifarConfig, CifarResNet, Rest, Stage, STAGE_CHANNELS};
 pub use layers::{
     BasicBlock, BottleneckBlock, Downsample, Head, Pool, Stem, StridedConv, BOTTLENECK_EXPANSION,
