@@ -26,7 +26,7 @@ impl Layout {
             Arch::CifarResNet(_) if spec.original => Ok(Layout::He),
             Arch::CifarResNet(_) => Err(Error::invalid(
                 "--original",
-                format!("{}: He et al.'s checkpoints hold the unscaled blocks relu(x + f(x)); add --original (the depth-scaled form computes another function, so their weights do not fit it)", spec.arch),
+                format!("{}: the depth-scaled form has no PyTorch layout; He et al.'s checkpoints hold the unscaled blocks relu(x + f(x)): add --original (the scaled form computes another function, so their weights do not fit it)", spec.arch),
             )),
             Arch::Torchvision(_) => Ok(Layout::Torchvision),
             Arch::Authors(_) => Ok(Layout::Authors { tied: spec.tied }),
