@@ -724,3 +724,42 @@ fn a_tied_checkpoint_fine_tunes_untied_and_runs_at_any_depth() {
         "untied"
     );
 }
+
+#[test]
+fn shared_resnet20_with_batch_statistics_gives_18_of_20() {
+    use resnet_ode::data::Batch;
+    use resnet_ode::grad::GradMode;
+    use resnet_ode::norm::BnMode;
+    use resnet_ode::train::DeviceBatch;
+    let Some(shared) = shared() else { return };
+    let dir = TempDir::new("trap");
+    image_folder(&shared, &dir.0);
+    let data = images(&dir.0);
+    let p = placement(Precision::F32);
+    let ck = Checkpoint::open(&shared.join(format!("{STEM}.th"))).unwrap();
+    let model = ck
+        .load(&he20(), shape(10), &p, &ImportOptions::default())
+        .unwrap()
+        .model;
+    let batch = Batch {
+        images: data.images.clone(),
+        labels: data.labels.clone(),
+        batch: data.len(),
+        channels: 3,
+        height: 32,
+        width: 32,
+    };
+    let b = DeviceBatch::new(&p, &batch, 10);
+    let (logits, _) = model.forward_train(b.images, GradMode::Backprop, BnMode::Recompute);
+    let rows = resnet_ode::device::to_vec(&logits);
+    let correct = rows
+        .chunks(10)
+        .zip(&data.labels)
+        .filter(|(row, &label)| {
+            let best = (0..10).fold(0, |b, i| if row[i] > row[b] { i } else { b });
+            best == label
+        })
+        .count();
+    // The shared README's trap: train-mode batch norm (statistics of these 20 images) gets 18/20.
+    assert_eq!(correct, 18);
+}
