@@ -425,15 +425,18 @@ impl<'a> Run<'a> {
                 }
                 return Self::resume(config, p, dir, data);
             }
-            new_run_dir(dir, config, data)?;
         } else if options.resume {
             return Err(Error::invalid(
                 "--resume",
                 "needs the run directory (--out)",
             ));
         }
+        // The model first: a checkpoint that does not fit leaves no run directory behind.
         let model = initial_model(config, p, data.input, options.progress)?;
         frozen_params(&model, config.train_stages.as_deref())?;
+        if let Some(dir) = &out {
+            new_run_dir(dir, config, data)?;
+        }
         let run = Self {
             config,
             p,
