@@ -58,7 +58,7 @@ impl FromStr for BenchModel {
         match arch {
             Ok(Arch::Tiny) => Ok(BenchModel::Tiny),
             Ok(Arch::CifarResNet(l)) => Ok(BenchModel::CifarResNet(l)),
-            Err(_) => Err(Error::invalid(
+            Ok(Arch::Torchvision(_) | Arch::Authors(_)) | Err(_) => Err(Error::invalid(
                 "--models",
                 format!("`{s}`: expected tiny or resnetL with L = 6n+2 (resnet56, resnet110)"),
             )),

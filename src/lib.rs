@@ -22,6 +22,7 @@ pub use error::{Error, Result};
 pub mod device;
 pub mod doctor;
 pub mod grad;
+pub mod import;
 pub mod io;
 pub mod memory;
 pub mod metrics;

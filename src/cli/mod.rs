@@ -4,6 +4,7 @@ mod bench;
 mod doctor;
 mod experiment;
 mod gradcheck;
+mod pretrained;
 mod train;
 
 use clap::{Parser, Subcommand};
@@ -28,11 +29,14 @@ enum Command {
     #[command(subcommand)]
     Experiment(experiment::Experiment),
     /// Train a ResNet on images in any gradient mode.
-    Train(train::TrainArgs),
-    /// Evaluate a trained run (a tied model at another depth: the ODE-like test).
+    Train(Box<train::TrainArgs>),
+    /// Evaluate a trained run (a tied model at another depth: the ODE-like test), or a
+    /// pretrained PyTorch checkpoint on images (--init).
     Eval(train::EvalArgs),
     /// Is the adjoint safe for this model on this data? Per-stage numbers and a gradient mode.
     Doctor(doctor::Args),
+    /// Write a run or a checkpoint as safetensors with PyTorch's key names.
+    Export(pretrained::ExportArgs),
 }
 
 /// Device and precision flags shared by every command.
@@ -80,5 +84,6 @@ pub fn run() -> anyhow::Result<()> {
         Command::Train(a) => train::train(&a),
         Command::Eval(a) => train::eval(&a),
         Command::Doctor(a) => doctor::run(&a),
+        Command::Export(a) => pretrained::run_export(&a),
     }
 }

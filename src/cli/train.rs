@@ -1,5 +1,6 @@
 //! `resnet-ode train` and `resnet-ode eval`: flags in, the library's trainer, a summary out.
 
+use super::pretrained::{eval_init, ImportModelArgs, InitArgs};
 use super::DeviceArgs;
 use anyhow::Context;
 use resnet_ode::data::{Batch, DataSpec};
@@ -8,7 +9,8 @@ use resnet_ode::memory;
 use resnet_ode::models::{Arch, ModelSpec};
 use resnet_ode::rng::Rng;
 use resnet_ode::train::{
-    eval_run, step_memory, AutoGrad, OptimizerConfig, TrainConfig, TrainOptions, TrainResult,
+    eval_run, step_memory, AutoGrad, OptimizerConfig, Pretrained, TrainConfig, TrainOptions,
+    TrainResult,
 };
 use std::path::PathBuf;
 
@@ -78,7 +80,8 @@ pub struct TrainArgs {
     /// Augmentation (crop with padding 4, horizontal flip): on, off or auto (on for CIFAR).
     #[arg(long, default_value = "auto")]
     augment: String,
-    /// TinyResNet's channels.
+    /// TinyResNet's channels; authors-resnet: the first stage's base channels (the paper's 64;
+    /// smaller values give CPU-sized models).
     #[arg(long, default_value_t = resnet_ode::models::DEFAULT_PLANES)]
     planes: usize,
     /// TinyResNet's piecewise-constant initialisation: distinct functions drawn.
@@ -97,18 +100,43 @@ pub struct TrainArgs {
     #[arg(long)]
     limit_test: Option<usize>,
     #[command(flatten)]
+    init: InitArgs,
+    /// Train only these stages (comma-separated: stem, layer1, layer2, …, head, as PyTorch
+    /// names them); the others stay frozen (their batch norms' running statistics still update
+    /// unless --bn frozen). Default: all.
+    #[arg(long, value_delimiter = ',')]
+    train_stages: Option<Vec<String>>,
+    /// With --init: the checkpoint holds the tied form of --model (e.g. the authors'
+    /// IResNetAuto2); the run trains it untied, each function copied N times (paper.md §3.5).
+    #[arg(long)]
+    untie: bool,
+    #[command(flatten)]
     device: DeviceArgs,
 }
 
-/// Evaluate a run (a tied model at another depth: the ODE-like test).
+/// Evaluate a run (a tied model at another depth: the ODE-like test), or a pretrained PyTorch
+/// checkpoint (`--init`) on images.
 #[derive(clap::Args, Debug)]
 pub struct EvalArgs {
     /// Run directory written by `resnet-ode train`.
-    #[arg(long)]
-    run: PathBuf,
-    /// Residual functions per stack (tied models only; default: the trained depth).
+    #[arg(long, required_unless_present = "init", conflicts_with = "init")]
+    run: Option<PathBuf>,
+    /// Residual functions per stack (tied models only; default: the trained depth). With
+    /// --init: a tied model runs at this depth; tiny: the checkpoint's N (default 8).
     #[arg(long)]
     depth: Option<usize>,
+    #[command(flatten)]
+    init: InitArgs,
+    /// With --init: the checkpoint's model.
+    #[command(flatten)]
+    model: ImportModelArgs,
+    /// With --init: the images (any --data source of train; an image folder is used whole,
+    /// class folders named by integers giving the class index).
+    #[arg(long)]
+    data: Option<String>,
+    /// Print the result as JSON (with --init: every image's label, prediction and logits).
+    #[arg(long)]
+    json: bool,
     #[command(flatten)]
     device: DeviceArgs,
 }
@@ -116,6 +144,10 @@ pub struct EvalArgs {
 impl TrainArgs {
     /// The library configuration these flags name (each parse error names its flag).
     fn config(&self) -> anyhow::Result<TrainConfig> {
+        anyhow::ensure!(
+            self.init.init.is_some() || !(self.init.partial || self.untie),
+            "--partial and --untie apply with --init only"
+        );
         let data: DataSpec = self.data.parse()?;
         let augment = match self.augment.as_str() {
             "on" => true,
@@ -157,6 +189,13 @@ impl TrainArgs {
             augment,
             adaptive_lr: self.adaptive_lr,
             auto,
+            pretrained: self.init.init.as_ref().map(|path| Pretrained {
+                path: path.clone(),
+                partial: self.init.partial,
+                normalize: self.init.normalize.clone(),
+                untie: self.untie,
+            }),
+            train_stages: self.train_stages.clone(),
         })
     }
 
@@ -186,6 +225,18 @@ pub fn train(a: &TrainArgs) -> anyhow::Result<()> {
         progress: true,
         stop_after: None,
     };
+    if let Some(pre) = &config.pretrained {
+        println!(
+            "fine-tuning from {} ({} normalisation); training {}",
+            pre.path.display(),
+            pre.normalize,
+            config
+                .train_stages
+                .as_ref()
+                .map_or("every stage".into(), |s| s.join(", ")
+                    + " (the rest frozen)")
+        );
+    }
     let grad = match config.auto {
         Some(a) => format!("auto:{:e}", a.tol),
         None => config.grad.to_string(),
@@ -231,7 +282,7 @@ fn compare_memory(result: &TrainResult, config: &TrainConfig, p: &resnet_ode::de
     let ours = &result.grad_modes;
     let all_backprop = ours.iter().all(|&m| m == GradMode::Backprop);
     // A backprop run is compared with the adjoint, which needs a depth-scaled stack.
-    if !memory::is_counting() || (all_backprop && result.model.stacks().is_empty()) {
+    if !memory::is_counting() || (all_backprop && result.model.stack_depths().is_empty()) {
         return;
     }
     let other = if all_backprop {
@@ -269,12 +320,31 @@ fn compare_memory(result: &TrainResult, config: &TrainConfig, p: &resnet_ode::de
 }
 
 pub fn eval(a: &EvalArgs) -> anyhow::Result<()> {
+    let run = match (&a.run, &a.init.init) {
+        (Some(run), _) => {
+            anyhow::ensure!(
+                a.data.is_none() && !a.init.partial && !a.model.original && !a.model.tied,
+                "--data, --partial, --original and --tied apply with --init only (a run is evaluated on its own test set)"
+            );
+            run
+        }
+        (None, Some(path)) => {
+            let data = a.data.as_deref().context("--init needs --data")?;
+            let spec = a.model.spec(a.depth)?;
+            return eval_init(&a.init, path, &spec, a.depth, data, a.json, &a.device);
+        }
+        (None, None) => anyhow::bail!("eval needs --run DIR or --init PATH"),
+    };
     let placement = a.device.placement()?;
-    let r = eval_run(&a.run, a.depth, &placement)
-        .with_context(|| format!("evaluating the run in {}", a.run.display()))?;
+    let r = eval_run(run, a.depth, &placement)
+        .with_context(|| format!("evaluating the run in {}", run.display()))?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+        return Ok(());
+    }
     println!(
         "{}: depth {} (trained at {}, {} epochs): test accuracy {:.2}%, test loss {:.4} on {} images",
-        a.run.display(),
+        run.display(),
         r.depth,
         r.trained_depth,
         r.epochs,

@@ -13,25 +13,49 @@ use std::path::{Path, PathBuf};
 /// File extensions decoded (case-insensitive); other files such as notes are skipped.
 const EXTENSIONS: [&str; 3] = ["png", "jpg", "jpeg"];
 
-/// Loads an image folder; returns the split and the class names (label `i` is `names[i]`).
-/// Gray images give 1 channel, colour images 3 (alpha is dropped); every image must have the
-/// channel count and size of the first one. Values are scaled to [0, 1].
+/// Loads an image folder; returns the split and the class names (sorted). Labels are the
+/// positions of the class folders in that order, except when every class folder is named by
+/// an integer (`0/`, `3/`, `10/`): those integers are then the labels (and the class count is
+/// the largest plus one), so a pretrained model's output index is the folder name even when
+/// some classes have no image. Gray images give 1 channel, colour images 3 (alpha is dropped);
+/// every image must have the channel count and size of the first one. Values are scaled to
+/// [0, 1].
 pub fn load_image_folder(dir: &Path, seed: u64) -> Result<(Split, Vec<String>)> {
-    let name = dir.file_name().map_or_else(
-        || "images".to_string(),
-        |n| n.to_string_lossy().into_owned(),
-    );
     let (train_dir, test_dir) = (dir.join("train"), dir.join("test"));
-    let mut loader = Loader { name, first: None };
+    let mut loader = Loader::new(dir);
     if train_dir.is_dir() && test_dir.is_dir() {
         let names = class_names(&train_dir)?;
-        let train = loader.load(&train_dir, &names, &names)?;
-        let test = loader.load(&test_dir, &class_names(&test_dir)?, &names)?;
+        let mut train = loader.load(&train_dir, &names, &names)?;
+        let mut test = loader.load(&test_dir, &class_names(&test_dir)?, &names)?;
+        numeric_labels(&mut train, &names);
+        numeric_labels(&mut test, &names);
         Ok((Split { train, test }, names))
     } else {
         let names = class_names(dir)?;
-        let all = loader.load(dir, &names, &names)?;
+        let mut all = loader.load(dir, &names, &names)?;
+        numeric_labels(&mut all, &names);
         Ok((split(&all, FOLDER_TEST_FRACTION, seed)?, names))
+    }
+}
+
+/// Loads an image folder to evaluate a model on: every image, or only `test/` when the folder
+/// has `train/` and `test/`; labels as in [`load_image_folder`].
+pub fn load_image_folder_eval(dir: &Path) -> Result<Dataset> {
+    if dir.join("train").is_dir() && dir.join("test").is_dir() {
+        return Ok(load_image_folder(dir, 0)?.0.test);
+    }
+    let names = class_names(dir)?;
+    let mut ds = Loader::new(dir).load(dir, &names, &names)?;
+    numeric_labels(&mut ds, &names);
+    Ok(ds)
+}
+
+/// Relabels `ds` (labels: positions in `names`) by the class names when all are integers.
+fn numeric_labels(ds: &mut Dataset, names: &[String]) {
+    let numbers: Option<Vec<usize>> = names.iter().map(|n| n.parse().ok()).collect();
+    if let Some(numbers) = numbers {
+        ds.labels = ds.labels.iter().map(|&l| numbers[l]).collect();
+        ds.classes = numbers.iter().max().map_or(0, |m| m + 1);
     }
 }
 
@@ -87,6 +111,15 @@ struct Loader {
 }
 
 impl Loader {
+    /// A loader naming its datasets after `dir`.
+    fn new(dir: &Path) -> Self {
+        let name = dir.file_name().map_or_else(
+            || "images".to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        );
+        Self { name, first: None }
+    }
+
     /// Loads `root/CLASS/*` for each class in `present`; labels are positions in `all`.
     fn load(&mut self, root: &Path, present: &[String], all: &[String]) -> Result<Dataset> {
         let mut images = Vec::new();
@@ -259,6 +292,22 @@ mod tests {
         std::fs::write(dir.path().join("a").join("2.png"), b"not a png").unwrap();
         let err = load_image_folder(dir.path(), 0).unwrap_err().to_string();
         assert!(err.contains("2.png") && err.contains("decode"), "{err}");
+    }
+
+    #[test]
+    fn numeric_class_folders_are_labels_in_eval() {
+        let dir = TempDir::new("folder-eval");
+        save_rgb(&dir.path().join("3").join("a.png"), 1);
+        save_rgb(&dir.path().join("10").join("b.png"), 2);
+        save_rgb(&dir.path().join("10").join("c.png"), 3);
+        let ds = load_image_folder_eval(dir.path()).unwrap();
+        assert_eq!(
+            (ds.labels.clone(), ds.classes, ds.len()),
+            (vec![10, 10, 3], 11, 3)
+        );
+        save_rgb(&dir.path().join("cat").join("d.png"), 4);
+        let ds = load_image_folder_eval(dir.path()).unwrap();
+        assert_eq!((ds.labels, ds.classes), (vec![0, 0, 1, 2], 3));
     }
 
     #[test]

@@ -32,7 +32,7 @@ mod test_util;
 pub use batches::{batches, Augment, Batch, Batches};
 pub use cifar::{load_cifar100_dir, load_cifar10_dir};
 pub use digits::digits;
-pub use folder::load_image_folder;
+pub use folder::{load_image_folder, load_image_folder_eval};
 pub use idx::load_idx_dir;
 
 use crate::error::{Error, Result};
@@ -281,6 +281,40 @@ impl Normalization {
         Normalization { mean, std }
     }
 
+    /// A fixed normalisation by name, as a pretrained model was trained with: `imagenet`
+    /// (torchvision's and He et al.'s CIFAR checkpoints), `cifar10` (the paper authors'
+    /// resnet_nodes) or `none` (pixels in [0, 1]), for images of `channels` channels.
+    pub fn preset(name: &str, channels: usize) -> Result<Normalization> {
+        let (mean, std) = match name {
+            "imagenet" => ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+            "cifar10" => ([0.4914, 0.4822, 0.4465], [0.2023, 0.1994, 0.2010]),
+            "none" => {
+                return Ok(Normalization {
+                    mean: vec![0.0; channels],
+                    std: vec![1.0; channels],
+                })
+            }
+            _ => {
+                return Err(Error::invalid(
+                    "--normalize",
+                    format!("`{name}`: expected imagenet, cifar10 or none"),
+                ))
+            }
+        };
+        if channels != 3 {
+            return Err(Error::invalid(
+                "--normalize",
+                format!(
+                    "{name} holds statistics of 3 channels; the images have {channels} (use none)"
+                ),
+            ));
+        }
+        Ok(Normalization {
+            mean: mean.to_vec(),
+            std: std.to_vec(),
+        })
+    }
+
     /// `x ← (x − mean_c) / std_c` in place; the dataset must have as many channels as the
     /// statistics.
     pub fn apply(&self, ds: &mut Dataset) -> Result<()> {
@@ -373,6 +407,15 @@ impl DataSpec {
             DataSpec::Cifar10(dir) => load_cifar10_dir(dir),
             DataSpec::Cifar100(dir) => load_cifar100_dir(dir),
             DataSpec::Images(dir) => Ok(load_image_folder(dir, seed)?.0),
+        }
+    }
+
+    /// The images to evaluate a model on: the test set; an image folder is used whole (see
+    /// [`load_image_folder_eval`]).
+    pub fn load_eval(&self, seed: u64) -> Result<Dataset> {
+        match self {
+            DataSpec::Images(dir) => load_image_folder_eval(dir),
+            other => Ok(other.load(seed)?.test),
         }
     }
 

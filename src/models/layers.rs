@@ -77,25 +77,44 @@ impl Stem {
 }
 
 /// He et al.'s basic block `relu(bn2(conv2(relu(bn1(conv1 x)))) + shortcut(x))`, unscaled.
-/// With stride 2 it halves the size and doubles the channels; the shortcut is then their
-/// parameter-free option A (subsample, zero-pad the new channels), as in the CIFAR ResNets.
+/// With stride 2 it halves the size and doubles the channels; the shortcut is then either
+/// their parameter-free option A (subsample, zero-pad the new channels), as in the CIFAR
+/// ResNets, or option B, a strided 1×1 convolution and batch norm (`downsample`), as in the
+/// ImageNet ResNets of torchvision.
 #[derive(Module, Debug)]
 pub struct BasicBlock {
     pub conv1: StridedConv,
     pub bn1: BatchNorm,
     pub conv2: StridedConv,
     pub bn2: BatchNorm,
+    pub downsample: Option<Downsample>,
     pub stride: usize,
 }
 
 impl BasicBlock {
+    /// A block with the option-A shortcut (the CIFAR ResNets).
     pub fn new(p: &Placement, rng: &mut Rng, cin: usize, cout: usize, stride: usize) -> Self {
         Self {
             conv1: StridedConv::new(p, rng, [cin, cout], 3, stride, 1),
             bn1: BatchNorm::new(p, cout),
             conv2: StridedConv::new(p, rng, [cout, cout], 3, 1, 1),
             bn2: BatchNorm::new(p, cout),
+            downsample: None,
             stride,
+        }
+    }
+
+    /// A block with torchvision's shortcut: option B where the shape changes, identity else.
+    pub fn torchvision(
+        p: &Placement,
+        rng: &mut Rng,
+        cin: usize,
+        cout: usize,
+        stride: usize,
+    ) -> Self {
+        Self {
+            downsample: Downsample::needed(p, rng, [cin, cout], stride),
+            ..Self::new(p, rng, cin, cout, stride)
         }
     }
 
@@ -107,7 +126,10 @@ impl BasicBlock {
     /// x))))` is the residual branch (`doctor` measures how much that ReLU clips).
     pub fn pre_activation(&self, x: Tensor<4>, norm: &mut Norm) -> Tensor<4> {
         let cout = self.bn2.gamma.dims()[0];
-        let shortcut = shortcut_a(x.clone(), self.stride, cout);
+        let shortcut = match &self.downsample {
+            Some(d) => d.forward(x.clone(), norm),
+            None => shortcut_a(x.clone(), self.stride, cout),
+        };
         self.residual(x, norm) + shortcut
     }
 
@@ -115,6 +137,74 @@ impl BasicBlock {
     pub fn residual(&self, x: Tensor<4>, norm: &mut Norm) -> Tensor<4> {
         let h = relu(self.bn1.forward(self.conv1.forward(x), norm));
         self.bn2.forward(self.conv2.forward(h), norm)
+    }
+}
+
+/// Option-B shortcut `bn(conv1×1 stride s)`: torchvision's `downsample.{0,1}`.
+#[derive(Module, Debug)]
+pub struct Downsample {
+    pub conv: StridedConv,
+    pub bn: BatchNorm,
+}
+
+impl Downsample {
+    /// The shortcut a block `cin → cout` with `stride` needs: None where the identity fits.
+    pub fn needed(
+        p: &Placement,
+        rng: &mut Rng,
+        channels: [usize; 2],
+        stride: usize,
+    ) -> Option<Self> {
+        (stride != 1 || channels[0] != channels[1]).then(|| Self {
+            conv: StridedConv::new(p, rng, channels, 1, stride, 0),
+            bn: BatchNorm::new(p, channels[1]),
+        })
+    }
+
+    pub fn forward(&self, x: Tensor<4>, norm: &mut Norm) -> Tensor<4> {
+        self.bn.forward(self.conv.forward(x), norm)
+    }
+}
+
+/// torchvision's (v1.5) bottleneck, unscaled and post-activation:
+/// `relu(bn3(conv3(relu(bn2(conv2(relu(bn1(conv1 x))))))) + shortcut(x))` with 1×1
+/// `cin → width`, 3×3 `width → width` carrying the stride, 1×1 `width → 4·width`.
+#[derive(Module, Debug)]
+pub struct BottleneckBlock {
+    pub conv1: StridedConv,
+    pub bn1: BatchNorm,
+    pub conv2: StridedConv,
+    pub bn2: BatchNorm,
+    pub conv3: StridedConv,
+    pub bn3: BatchNorm,
+    pub downsample: Option<Downsample>,
+}
+
+/// Output channels of a bottleneck per unit of its width (torchvision's `expansion`).
+pub const BOTTLENECK_EXPANSION: usize = 4;
+
+impl BottleneckBlock {
+    pub fn new(p: &Placement, rng: &mut Rng, cin: usize, width: usize, stride: usize) -> Self {
+        let cout = BOTTLENECK_EXPANSION * width;
+        Self {
+            conv1: StridedConv::new(p, rng, [cin, width], 1, 1, 0),
+            bn1: BatchNorm::new(p, width),
+            conv2: StridedConv::new(p, rng, [width, width], 3, stride, 1),
+            bn2: BatchNorm::new(p, width),
+            conv3: StridedConv::new(p, rng, [width, cout], 1, 1, 0),
+            bn3: BatchNorm::new(p, cout),
+            downsample: Downsample::needed(p, rng, [cin, cout], stride),
+        }
+    }
+
+    pub fn forward(&self, x: Tensor<4>, norm: &mut Norm) -> Tensor<4> {
+        let shortcut = match &self.downsample {
+            Some(d) => d.forward(x.clone(), norm),
+            None => x.clone(),
+        };
+        let h = relu(self.bn1.forward(self.conv1.forward(x), norm));
+        let h = relu(self.bn2.forward(self.conv2.forward(h), norm));
+        relu(self.bn3.forward(self.conv3.forward(h), norm) + shortcut)
     }
 }
 

@@ -1,29 +1,37 @@
 //! Image classifiers whose residual stages are depth-scaled [`Stack`]s, trainable in every
 //! [`GradMode`]: the paper's [`TinyResNet`] (paper.md §3.4) and the [`CifarResNet`] family of
 //! He et al., each with tied variants (one function per stack: the "ODE-like" models of
-//! paper.md §3.2) and untying ([`Model::untie`], paper.md §3.5).
+//! paper.md §3.2) and untying ([`Model::untie`], paper.md §3.5). torchvision's ImageNet
+//! ResNets ([`TorchvisionResNet`]) are here in their unscaled form, to import pretrained
+//! checkpoints ([`crate::import`]).
 //!
 //! Every model exposes `forward_train(x, mode, bn) -> (logits, runs)`; the backward is
 //! [`crate::grad::backward_through`] over [`Model::segments`] and those runs.
 
+mod authors;
 mod cifar;
 mod layers;
 mod tiny;
+mod torchvision;
 
+pub use authors::{AuthorsConfig, AuthorsResNet, AuthorsStage, AUTHORS_PLANES, IMAGENET_CLASSES};
 pub use cifar::{original_run, CifarConfig, CifarResNet, Rest, Stage, STAGE_CHANNELS};
-pub use layers::{BasicBlock, Head, Pool, Stem, StridedConv};
+pub use layers::{
+    BasicBlock, BottleneckBlock, Downsample, Head, Pool, Stem, StridedConv, BOTTLENECK_EXPANSION,
+};
 pub use tiny::{TinyConfig, TinyResNet, PAPER_STEM_MIN_SIZE};
+pub use torchvision::{torchvision_blocks, TorchvisionResNet, TvBlock, TORCHVISION_STAGE_CHANNELS};
 
 use crate::device::Placement;
 use crate::grad::{mode_at, GradMode, Segment, StackRun};
 use crate::norm::{BnMode, Norm, Phase};
 use crate::params::{independent_copy, plain_view};
-use crate::residual::ConvBlock;
+use crate::residual::{Bottleneck, ConvBlock};
 use crate::rng::Rng;
 use crate::scheme::Scheme;
 use crate::stack::Stack;
 use crate::{Error, Result};
-use burn::module::Module;
+use burn::module::{Module, ModuleDisplay};
 use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 use std::convert::Infallible;
@@ -52,6 +60,11 @@ pub enum Arch {
     Tiny,
     /// `cifar-resnetL`: He et al.'s L-layer CIFAR ResNet (L = 6n + 2).
     CifarResNet(usize),
+    /// `torchvision-resnetL`: torchvision's ImageNet ResNet-L (18, 34, 50, 101, 152), unscaled.
+    Torchvision(usize),
+    /// `authors-resnet-A-B-C-D`: the paper authors' ResNet with n_layers = [A, B, C, D]
+    /// (`IResNetAuto2` with `--tied`, `ResNetMemoryCustom` without).
+    Authors([usize; 4]),
 }
 
 impl FromStr for Arch {
@@ -60,6 +73,21 @@ impl FromStr for Arch {
         if s == "tiny" {
             return Ok(Arch::Tiny);
         }
+        if let Some(list) = s.strip_prefix("authors-resnet-") {
+            let layers: Vec<usize> = list.split('-').filter_map(|n| n.parse().ok()).collect();
+            return match <[usize; 4]>::try_from(layers) {
+                Ok(layers) if layers.iter().all(|&n| n >= 2) => Ok(Arch::Authors(layers)),
+                _ => Err(Error::invalid(
+                    "--model",
+                    format!("`{s}`: expected authors-resnet-A-B-C-D, the layers of the four stages, each ≥ 2 (e.g. authors-resnet-4-4-32-4)"),
+                )),
+            };
+        }
+        if let Some(l) = s.strip_prefix("torchvision-resnet") {
+            let layers = l.parse::<usize>().unwrap_or(0);
+            torchvision_blocks(layers)?;
+            return Ok(Arch::Torchvision(layers));
+        }
         let layers = s
             .strip_prefix("cifar-resnet")
             .and_then(|l| l.parse::<usize>().ok());
@@ -67,7 +95,7 @@ impl FromStr for Arch {
             Some(l) if l >= 14 && (l - 2).is_multiple_of(6) => Ok(Arch::CifarResNet(l)),
             _ => Err(Error::invalid(
                 "--model",
-                format!("`{s}`: expected tiny or cifar-resnetL with L = 6n+2, n ≥ 2 (cifar-resnet20, 32, 44, 56, 110, 1202)"),
+                format!("`{s}`: expected tiny, cifar-resnetL with L = 6n+2, n ≥ 2 (cifar-resnet20, 32, 44, 56, 110, 1202) or torchvision-resnet18/34/50/101/152 or authors-resnet-A-B-C-D"),
             )),
         }
     }
@@ -78,6 +106,8 @@ impl std::fmt::Display for Arch {
         match self {
             Arch::Tiny => write!(f, "tiny"),
             Arch::CifarResNet(l) => write!(f, "cifar-resnet{l}"),
+            Arch::Torchvision(l) => write!(f, "torchvision-resnet{l}"),
+            Arch::Authors([a, b, c, d]) => write!(f, "authors-resnet-{a}-{b}-{c}-{d}"),
         }
     }
 }
@@ -115,10 +145,25 @@ impl Default for ModelSpec {
 }
 
 impl ModelSpec {
-    /// The residual functions per stack this spec builds.
+    /// The residual functions per stack this spec builds (0 for torchvision's models, which
+    /// have no depth-scaled stack).
     pub fn stack_depth(&self) -> Result<usize> {
         match self.arch {
             Arch::Tiny => Ok(self.depth.unwrap_or(DEFAULT_TINY_DEPTH)),
+            Arch::Authors(layers) => match self.depth {
+                Some(_) => Err(Error::invalid(
+                    "--depth",
+                    format!("{}: the depths are fixed by the name", self.arch),
+                )),
+                None => Ok(layers.iter().max().map_or(0, |n| n - 1)),
+            },
+            Arch::Torchvision(_) => match self.depth {
+                Some(_) => Err(Error::invalid(
+                    "--depth",
+                    format!("{}: the depth is fixed by the name", self.arch),
+                )),
+                None => Ok(0),
+            },
             Arch::CifarResNet(layers) => {
                 let n = (layers.saturating_sub(2) / 6).saturating_sub(1);
                 match self.depth {
@@ -134,7 +179,18 @@ impl ModelSpec {
 
     /// Checks the combination of settings against a gradient mode, naming the flag at fault.
     pub fn check(&self, mode: GradMode) -> Result<()> {
-        if self.original && self.arch == Arch::Tiny {
+        if let Arch::Torchvision(_) = self.arch {
+            if self.tied {
+                return Err(Error::invalid(
+                    "--tied",
+                    format!("{} has no tied variant", self.arch),
+                ));
+            }
+            if mode != GradMode::Backprop {
+                return Err(Error::invalid("--grad", format!("{mode}: {} applies a ReLU after every addition, which cannot be inverted; use --grad backprop", self.arch)));
+            }
+        }
+        if self.original && !matches!(self.arch, Arch::CifarResNet(_)) {
             return Err(Error::invalid(
                 "--original",
                 "applies to the cifar-resnet models only",
@@ -187,6 +243,18 @@ impl ModelSpec {
             }
             .init(p, rng)
             .map(Model::Cifar),
+            Arch::Torchvision(layers) => {
+                TorchvisionResNet::init(layers, input, p, rng).map(Model::Torchvision)
+            }
+            Arch::Authors(layers) => AuthorsConfig {
+                layers,
+                planes: self.planes,
+                tied: self.tied,
+                scheme: self.scheme,
+                input,
+            }
+            .init(p, rng)
+            .map(Model::Authors),
         }
     }
 }
@@ -203,6 +271,8 @@ pub enum StageView<'a> {
 pub enum Model {
     Tiny(TinyResNet),
     Cifar(CifarResNet),
+    Torchvision(TorchvisionResNet),
+    Authors(AuthorsResNet),
 }
 
 impl Model {
@@ -231,12 +301,15 @@ impl Model {
         match self {
             Model::Tiny(m) => m.forward_train(x, mode_at(modes, 0), bn),
             Model::Cifar(m) => m.forward_train(x, modes, bn),
+            Model::Torchvision(m) => m.forward_train(x, bn),
+            Model::Authors(m) => m.forward_train(x, modes, bn),
         }
     }
 
     /// Every residual stage with its input on batch `x`: batch statistics (running statistics
     /// under `BnMode::Frozen`), no graph, running statistics left alone. What `doctor`
-    /// measures each stage from.
+    /// measures each stage from. Empty for the models whose stages `doctor` does not measure
+    /// yet (torchvision's and the authors' bottleneck stages).
     pub fn stage_inputs(&self, x: Tensor<4>, bn: BnMode) -> Vec<(StageView<'_>, Tensor<4>)> {
         let x = x.detach().without_autodiff();
         match self {
@@ -245,6 +318,7 @@ impl Model {
                 vec![(StageView::Scaled(&m.stack), x0)]
             }
             Model::Cifar(m) => m.stage_inputs(x, bn),
+            Model::Torchvision(_) | Model::Authors(_) => Vec::new(),
         }
     }
 
@@ -254,6 +328,8 @@ impl Model {
         match plain_view(self) {
             Model::Tiny(m) => m.forward_plain(x),
             Model::Cifar(m) => m.forward_plain(x),
+            Model::Torchvision(m) => m.forward_plain(x),
+            Model::Authors(m) => m.forward_plain(x),
         }
     }
 
@@ -264,32 +340,60 @@ impl Model {
     }
 
     /// What [`crate::grad::backward_through`] carries gradients through, one per run of
-    /// [`Model::forward_train`], in forward order: the residual stacks, or an original CIFAR
-    /// ResNet's unscaled stages.
+    /// [`Model::forward_train`], in forward order: the residual stacks (of conv blocks or
+    /// bottlenecks), or an original CIFAR ResNet's unscaled stages; none for torchvision's.
     pub fn segments(&self) -> Vec<&dyn Segment<4>> {
         match self {
             Model::Tiny(m) => vec![&m.stack],
             Model::Cifar(m) => m.segments(),
+            Model::Torchvision(_) => Vec::new(),
+            Model::Authors(m) => m
+                .stacks()
+                .into_iter()
+                .map(|s| s as &dyn Segment<4>)
+                .collect(),
         }
     }
 
-    /// The residual stacks, in forward order.
+    /// The residual stacks of conv blocks, in forward order (none for the authors' models,
+    /// whose stacks are [`Model::bottleneck_stacks`]).
     pub fn stacks(&self) -> Vec<&Stack<ConvBlock>> {
         match self {
             Model::Tiny(m) => vec![&m.stack],
             Model::Cifar(m) => m.stacks(),
+            Model::Torchvision(_) | Model::Authors(_) => Vec::new(),
         }
+    }
+
+    /// The residual stacks of bottlenecks (the authors' models), in forward order.
+    pub fn bottleneck_stacks(&self) -> Vec<&Stack<Bottleneck>> {
+        match self {
+            Model::Authors(m) => m.stacks(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// The depth N of every stack, of either kind, in forward order.
+    pub fn stack_depths(&self) -> Vec<usize> {
+        let conv = self.stacks().into_iter().map(|s| s.depth);
+        conv.chain(self.bottleneck_stacks().into_iter().map(|s| s.depth))
+            .collect()
     }
 
     /// Whether every stack shares one function over depth.
     pub fn is_tied(&self) -> bool {
-        let stacks = self.stacks();
-        !stacks.is_empty() && stacks.iter().all(|s| s.is_tied())
+        let (conv, bottleneck) = (self.stacks(), self.bottleneck_stacks());
+        !(conv.is_empty() && bottleneck.is_empty())
+            && conv.iter().all(|s| s.is_tied())
+            && bottleneck.iter().all(|s| s.is_tied())
     }
 
     /// An independent copy where every stack's shared function becomes N independent copies:
     /// the same outputs before training, separate parameters after (paper.md §3.5).
     pub fn untie(&self) -> Model {
+        if let Model::Authors(m) = self {
+            return Model::Authors(m.untie());
+        }
         let Ok(model) = self.copy_with_stacks(|s| Ok::<_, Infallible>(s.untie()));
         model
     }
@@ -297,6 +401,9 @@ impl Model {
     /// An independent copy with `depth` functions per stack, function i copying function
     /// ⌊i·N/depth⌋ (see [`Stack::piecewise_copy`]); stem, head and other layers are copied.
     pub fn piecewise_copy(&self, depth: usize) -> Result<Model> {
+        if let Model::Authors(m) = self {
+            return Ok(Model::Authors(m.piecewise_copy(depth)?));
+        }
         if self.stacks().is_empty() {
             return Err(Error::invalid(
                 "--model",
@@ -341,6 +448,8 @@ impl Model {
                     head: independent_copy(&m.head),
                 })
             }
+            Model::Torchvision(m) => Model::Torchvision(independent_copy(m)),
+            Model::Authors(m) => Model::Authors(independent_copy(m)),
         })
     }
 
@@ -348,8 +457,7 @@ impl Model {
     /// models, a finer or coarser discretisation of the same ODE (the "ODE-like" test of
     /// paper.md §3.2). Untied models only accept their own depth.
     pub fn with_depth(self, depth: usize) -> Result<Model> {
-        let stacks = self.stacks();
-        if stacks.iter().all(|s| s.depth == depth) {
+        if self.stack_depths().iter().all(|&d| d == depth) {
             return Ok(self);
         }
         if !self.is_tied() {
@@ -371,6 +479,8 @@ impl Model {
                     .collect::<Result<_>>()?;
                 Ok(Model::Cifar(CifarResNet { stages, ..m }))
             }
+            Model::Torchvision(m) => Ok(Model::Torchvision(m)),
+            Model::Authors(m) => Ok(Model::Authors(m.with_depth(depth)?)),
         }
     }
 }
@@ -384,7 +494,7 @@ fn stage_with_depth(s: Stage, depth: usize) -> Result<Stage> {
 }
 
 /// A tied stack's function used `depth` times.
-fn retie(stack: Stack<ConvBlock>, depth: usize) -> Result<Stack<ConvBlock>> {
+pub(super) fn retie<F: Module + ModuleDisplay>(stack: Stack<F>, depth: usize) -> Result<Stack<F>> {
     let scheme: Scheme = stack.scheme;
     match stack.functions.into_iter().next() {
         Some(f) => Stack::tied(f, depth, scheme),

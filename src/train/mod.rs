@@ -25,6 +25,7 @@ pub use schedule::{Progress, Schedule};
 use crate::data::{batches, Augment, Batch, DataSpec, Dataset, Normalization, Split};
 use crate::device::{to_vec, Placement};
 use crate::grad::{backward_through, GradMode};
+use crate::import::{Checkpoint, ImportOptions};
 use crate::io::{load_weights, save_weights};
 use crate::models::{InputShape, Model, ModelSpec};
 use crate::norm::BnMode;
@@ -36,7 +37,7 @@ use burn::module::ParamId;
 use burn::optim::GradientsParams;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -76,6 +77,29 @@ pub struct TrainConfig {
     /// of the stages the policy finds safe).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auto: Option<AutoGrad>,
+    /// Start from a PyTorch checkpoint instead of a random draw (`--init`: fine-tuning).
+    #[serde(default)]
+    pub pretrained: Option<Pretrained>,
+    /// The stages whose parameters train (`--train-stages`: stem, layer1, layer2, …, head, as
+    /// PyTorch names them); the others stay frozen. None trains all.
+    #[serde(default)]
+    pub train_stages: Option<Vec<String>>,
+}
+
+/// A pretrained checkpoint a run starts from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pretrained {
+    pub path: PathBuf,
+    /// Load what fits and keep the random draw elsewhere (e.g. a new head for another number
+    /// of classes), instead of failing on a mismatch.
+    pub partial: bool,
+    /// The input normalisation the checkpoint was trained with ([`Normalization::preset`]),
+    /// used instead of the training set's statistics.
+    pub normalize: String,
+    /// The checkpoint holds the tied form of the (untied) model: it is loaded tied and each
+    /// stack's function copied N times (the authors' tied-then-untied fine-tuning, §3.5).
+    #[serde(default)]
+    pub untie: bool,
 }
 
 /// The hybrid policy of `--grad auto[:TOL]`: each stack trains with the adjoint where the
@@ -175,6 +199,8 @@ impl Default for TrainConfig {
             augment: false,
             adaptive_lr: false,
             auto: None,
+            pretrained: None,
+            train_stages: None,
         }
     }
 }
@@ -217,6 +243,12 @@ impl TrainConfig {
             if self.model.original {
                 return Err(Error::invalid("--grad", "auto: the unscaled original (--original) has no depth-scaled stack to choose a mode for; use --grad checkpoint:K (doctor's recommendation for its ReLU blocks) or backprop"));
             }
+        }
+        if self.model.tied && self.pretrained.as_ref().is_some_and(|p| p.untie) {
+            return Err(Error::invalid(
+                "--untie",
+                "trains the untied model from a tied checkpoint: drop --tied",
+            ));
         }
         self.model.check(self.grad)
     }
@@ -304,7 +336,10 @@ pub fn prepare(split: Split, config: &TrainConfig) -> Result<Prepared> {
     if let Some(n) = config.limit_test {
         test = test.take(n);
     }
-    let normalization = Normalization::compute(&train);
+    let normalization = match &config.pretrained {
+        Some(pre) => Normalization::preset(&pre.normalize, train.channels)?,
+        None => Normalization::compute(&train),
+    };
     normalization.apply(&mut train)?;
     normalization.apply(&mut test)?;
     let input = InputShape {
@@ -364,13 +399,101 @@ pub fn lr_scales(model: &Model, adaptive: bool) -> HashMap<ParamId, f64> {
     if !adaptive {
         return HashMap::new();
     }
-    let mut scales = HashMap::new();
-    for stack in model.stacks() {
-        for p in named(stack) {
-            scales.insert(p.id, stack.depth as f64);
+    let conv = model.stacks().into_iter().map(|s| (s.depth, named(s)));
+    let bottleneck = model
+        .bottleneck_stacks()
+        .into_iter()
+        .map(|s| (s.depth, named(s)));
+    conv.chain(bottleneck)
+        .flat_map(|(depth, params)| params.into_iter().map(move |p| (p.id, depth as f64)))
+        .collect()
+}
+
+/// The model a fresh run starts from: the pretrained checkpoint, else a seeded random draw.
+fn initial_model(
+    config: &TrainConfig,
+    p: &Placement,
+    input: InputShape,
+    progress: bool,
+) -> Result<Model> {
+    let Some(pre) = &config.pretrained else {
+        return config
+            .model
+            .init(p, input, &mut Rng::derive(config.seed, "model init"));
+    };
+    let options = ImportOptions {
+        partial: pre.partial,
+    };
+    let spec = ModelSpec {
+        tied: config.model.tied || pre.untie,
+        ..config.model.clone()
+    };
+    let imported = Checkpoint::open(&pre.path)?.load(&spec, input, p, &options)?;
+    if progress && !imported.skipped.is_empty() {
+        eprintln!(
+            "--partial: {} tensors loaded from {}; skipped (random initialisation kept where missing):",
+            imported.loaded,
+            pre.path.display()
+        );
+        imported.skipped.iter().for_each(|s| eprintln!("  {s}"));
+    }
+    Ok(if pre.untie {
+        imported.model.untie()
+    } else {
+        imported.model
+    })
+}
+
+/// The stage of parameter `path` in PyTorch's naming: `stem`, `layer{k}` (stage k, TinyResNet's
+/// stack being `layer1`), `head`. Enum variants (capitalised) are not part of it.
+fn stage_of(path: &str) -> String {
+    let mut parts = path
+        .split('.')
+        .filter(|p| !p.starts_with(|c: char| c.is_ascii_uppercase()));
+    match (parts.next(), parts.next()) {
+        (Some("stages"), Some(k)) => format!("layer{}", k.parse::<usize>().map_or(0, |k| k + 1)),
+        (Some("stack"), _) => "layer1".into(),
+        (Some(first), _) => first.into(),
+        (None, _) => String::new(),
+    }
+}
+
+/// The parameters that do not train under `--train-stages stages` (None: all train); an
+/// unknown stage name is an error listing the model's.
+pub fn frozen_params(model: &Model, stages: Option<&[String]>) -> Result<HashSet<ParamId>> {
+    let Some(stages) = stages else {
+        return Ok(HashSet::new());
+    };
+    let params = named(model);
+    let mut known: Vec<String> = params.iter().map(|p| stage_of(&p.name)).collect();
+    known.dedup();
+    if let Some(bad) = stages.iter().find(|s| !known.contains(s)) {
+        return Err(Error::invalid(
+            "--train-stages",
+            format!("`{bad}`: the model's stages are {}", known.join(", ")),
+        ));
+    }
+    Ok(params
+        .into_iter()
+        .filter(|p| !stages.contains(&stage_of(&p.name)))
+        .map(|p| p.id)
+        .collect())
+}
+
+/// Drops the gradients of the `frozen` parameters, so the optimizer leaves them (and their
+/// weight decay) alone.
+fn freeze(grads: &mut GradientsParams, model: &Model, frozen: &HashSet<ParamId>) {
+    if frozen.is_empty() {
+        return;
+    }
+    for p in named(model).into_iter().filter(|p| frozen.contains(&p.id)) {
+        match p.shape.len() {
+            1 => drop(grads.remove::<1>(p.id)),
+            2 => drop(grads.remove::<2>(p.id)),
+            3 => drop(grads.remove::<3>(p.id)),
+            _ => drop(grads.remove::<4>(p.id)),
         }
     }
-    scales
 }
 
 /// A run in progress (the model is passed through it, since each optimizer step consumes it).
@@ -462,11 +585,10 @@ impl<'a> Run<'a> {
                 "needs the run directory (--out)",
             ));
         }
-        // The model first: a setting it rejects leaves no run directory behind.
-        let model =
-            config
-                .model
-                .init(p, data.input, &mut Rng::derive(config.seed, "model init"))?;
+        // The model first: a setting it rejects or a checkpoint that does not fit leaves no
+        // run directory behind.
+        let model = initial_model(config, p, data.input, options.progress)?;
+        frozen_params(&model, config.train_stages.as_deref())?;
         let created = match &out {
             Some(dir) => {
                 let existed = dir.exists();
@@ -635,6 +757,7 @@ impl<'a> Run<'a> {
         )?;
         let steps = epoch.len();
         let scales = lr_scales(&model, c.adaptive_lr);
+        let frozen = frozen_params(&model, c.train_stages.as_deref())?;
         let bar = progress_bar(progress, steps, self.epoch, c.epochs);
         let start = Instant::now();
         let (mut loss_sum, mut correct, mut seen, mut peak, mut lr) =
@@ -648,8 +771,9 @@ impl<'a> Run<'a> {
             };
             lr = c.schedule.lr(c.lr, c.warmup_epochs, at);
             let device_batch = DeviceBatch::new(self.p, &batch, data.input.classes);
-            let (step, bytes) =
+            let (mut step, bytes) =
                 memory::measure(|| step_gradients_modes(&model, &device_batch, &self.modes, c.bn));
+            freeze(&mut step.grads, &model, &frozen);
             if !step.loss.is_finite() {
                 return Err(self.non_finite(k, steps));
             }
@@ -810,6 +934,71 @@ pub fn evaluate(model: &Model, test: &Arc<Dataset>, p: &Placement) -> Result<(f6
     Ok((loss / n, correct as f64 / n))
 }
 
+/// A model's scores on a dataset, image by image (running statistics), in dataset order.
+#[derive(Debug, Clone, Serialize)]
+pub struct Scores {
+    pub examples: usize,
+    pub correct: usize,
+    pub accuracy: f64,
+    /// Mean cross-entropy.
+    pub loss: f64,
+    pub labels: Vec<usize>,
+    pub predictions: Vec<usize>,
+    pub logits: Vec<Vec<f64>>,
+}
+
+/// Scores `model` on every image of `data`; a label the model has no output for is an error.
+pub fn score_images(model: &Model, data: &Arc<Dataset>, p: &Placement) -> Result<Scores> {
+    let mut logits = Vec::new();
+    for batch in batches(
+        data.clone(),
+        EVAL_BATCH,
+        false,
+        None,
+        &mut Rng::new(0),
+        false,
+    )? {
+        let b = DeviceBatch::new(p, &batch, data.classes);
+        let out = model.forward_eval(b.images);
+        let classes = out.dims()[1];
+        logits.extend(to_vec(&out).chunks(classes.max(1)).map(<[f64]>::to_vec));
+    }
+    let (mut correct, mut loss, mut predictions) = (0, 0.0, Vec::new());
+    for (row, &label) in logits.iter().zip(&data.labels) {
+        if label >= row.len() {
+            return Err(Error::invalid(
+                "--data",
+                format!(
+                    "label {label} of {} is beyond the model's {} classes",
+                    data.name,
+                    row.len()
+                ),
+            ));
+        }
+        let pred = argmax(row);
+        let max = row[pred];
+        let log_sum = max + row.iter().map(|v| (v - max).exp()).sum::<f64>().ln();
+        loss += log_sum - row[label];
+        correct += usize::from(pred == label);
+        predictions.push(pred);
+    }
+    let n = data.len().max(1) as f64;
+    Ok(Scores {
+        examples: data.len(),
+        correct,
+        accuracy: correct as f64 / n,
+        loss: loss / n,
+        labels: data.labels.clone(),
+        predictions,
+        logits,
+    })
+}
+
+/// Index of the largest value (the first one on ties, as PyTorch's `argmax`).
+fn argmax(row: &[f64]) -> usize {
+    (0..row.len()).fold(0, |best, i| if row[i] > row[best] { i } else { best })
+}
+
 /// Peak heap bytes of one training step's forward and backward in `modes` (one per stack), on an independent
 /// copy of `model` (its running statistics are left alone). 0 without the counting allocator.
 pub fn step_memory(
@@ -896,7 +1085,7 @@ pub struct EvalReport {
 /// `depth` functions if given (tied models only: the ODE-like test of paper.md §3.2).
 pub fn eval_run(dir: &Path, depth: Option<usize>, p: &Placement) -> Result<EvalReport> {
     let (record, state, model) = load_run(dir, p)?;
-    let trained_depth = model.stacks().first().map_or(0, |s| s.depth);
+    let trained_depth = model.stack_depths().first().copied().unwrap_or(0);
     let model = match depth {
         Some(d) => model.with_depth(d)?,
         None => model,
@@ -910,7 +1099,7 @@ pub fn eval_run(dir: &Path, depth: Option<usize>, p: &Placement) -> Result<EvalR
     let test = Arc::new(test);
     let (test_loss, test_acc) = evaluate(&model, &test, p)?;
     Ok(EvalReport {
-        depth: model.stacks().first().map_or(0, |s| s.depth),
+        depth: model.stack_depths().first().copied().unwrap_or(0),
         trained_depth,
         epochs: state.epoch,
         test_loss,
