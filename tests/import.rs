@@ -194,6 +194,45 @@ fn cli_eval_init_prints_20_of_20() {
     );
 }
 
+/// doctor on the shared pretrained ResNet-20 (He et al.'s post-addition ReLUs): every stage is
+/// reported not invertible and checkpointing is recommended, with the clipping measured.
+#[test]
+fn doctor_recommends_checkpointing_for_the_shared_resnet20() {
+    let Some(shared) = shared() else { return };
+    let dir = TempDir::new("doctor");
+    image_folder(&shared, &dir.0.join("images"));
+    let th = shared.join(format!("{STEM}.th"));
+    let out_dir = dir.0.join("report");
+    let out = Command::new(env!("CARGO_BIN_EXE_resnet-ode"))
+        .args(["doctor", "--init", th.to_str().unwrap()])
+        .args([
+            "--model",
+            "cifar-resnet20",
+            "--original",
+            "--batch-size",
+            "20",
+        ])
+        .arg("--data")
+        .arg(format!("images:{}", dir.0.join("images").display()))
+        .arg("--out")
+        .arg(&out_dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out_dir.join("doctor.json")).unwrap())
+            .unwrap();
+    let text = report.to_string();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.matches("checkpoint:").count() >= 3, "{stdout}");
+    assert!(stdout.contains("not invertible"), "{stdout}");
+    assert!(text.contains("checkpoint"), "{text}");
+}
+
 /// A seeded random model whose batch norms have non-trivial running statistics (one
 /// training-mode forward on random images), so a round trip checks them too.
 fn random_model(spec: &ModelSpec, input: InputShape, p: &Placement) -> Model {

@@ -1,6 +1,7 @@
 //! `resnet-ode doctor`: is the adjoint safe for this model on this data? Per-stage numbers and
 //! a recommended gradient mode (see `resnet_ode::doctor`).
 
+use super::pretrained::InitArgs;
 use super::DeviceArgs;
 use anyhow::Context;
 use resnet_ode::data::{Batch, DataSpec, Dataset, Normalization};
@@ -17,8 +18,12 @@ use std::path::PathBuf;
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// A run directory written by `resnet-ode train` (its last checkpoint).
-    #[arg(long, conflicts_with_all = ["model", "tied", "original", "depth", "scheme"])]
+    #[arg(long, conflicts_with_all = ["model", "tied", "original", "depth", "scheme", "init"])]
     run: Option<PathBuf>,
+    /// Or a pretrained PyTorch checkpoint (--init PATH, with --model/--original naming its
+    /// architecture and --normalize its input normalisation).
+    #[command(flatten)]
+    init: InitArgs,
     /// Or a freshly initialised model: tiny or cifar-resnet20/32/44/56/110/1202.
     #[arg(long)]
     model: Option<String>,
@@ -84,10 +89,12 @@ pub fn run(a: &Args) -> anyhow::Result<()> {
     // A run's digits split is the one it was trained with (its seed).
     let seed = record.map_or(a.seed, |r| r.config.seed);
     let split = data.parse::<DataSpec>()?.load(seed)?;
-    let norm = record.map_or_else(
-        || Normalization::compute(&split.train),
-        |r| r.normalization.clone(),
-    );
+    let norm = match (record, &a.init.init) {
+        (Some(r), _) => r.normalization.clone(),
+        // A checkpoint expects the normalisation it was trained with.
+        (None, Some(_)) => Normalization::preset(&a.init.normalize, split.train.channels)?,
+        (None, None) => Normalization::compute(&split.train),
+    };
     let bn = a.bn.clone().or(record.map(|r| r.config.bn.to_string()));
     let input = InputShape {
         channels: split.train.channels,
@@ -118,12 +125,8 @@ pub fn run(a: &Args) -> anyhow::Result<()> {
 }
 
 /// The one place the model comes from, with its name for the report: `--run DIR` (the run's
-/// last checkpoint, loaded by the caller as `run`) or `--model NAME …` (fresh, seeded).
-///
-/// `--init PATH` (a PyTorch checkpoint, issue 10 part 2) plugs in here as a third branch
-/// before the fresh one: `resnet_ode::import::load_model(path, &model_spec(a)?, input, p,
-/// &opts)`; `run` should then also take the normalisation the checkpoint was trained with
-/// instead of the data's own statistics.
+/// last checkpoint, loaded by the caller as `run`), `--init PATH` (a PyTorch checkpoint of
+/// `--model`) or `--model NAME …` (fresh, seeded).
 fn load_model(
     a: &Args,
     p: &Placement,
@@ -154,6 +157,20 @@ fn load_model(
         ));
     }
     let spec = model_spec(a)?;
+    if let Some(path) = &a.init.init {
+        let image = [input.channels, input.height, input.width];
+        let model = a.init.load(path, &spec, image, p)?.model;
+        if matches!(model, Model::Torchvision(_) | Model::Authors(_)) {
+            anyhow::bail!(
+                "invalid --model: {}: doctor measures the stages of tiny and cifar-resnet models so far (torchvision's and the authors' bottleneck stages are not yet covered)",
+                spec.arch
+            );
+        }
+        return Ok((
+            model,
+            format!("checkpoint {} ({})", path.display(), spec.arch),
+        ));
+    }
     let model = spec.init(p, input, &mut Rng::derive(a.seed, "model init"))?;
     let flags = [(a.original, " --original"), (a.tied, " --tied")];
     let extra: String = flags.iter().filter(|f| f.0).map(|f| f.1).collect();
