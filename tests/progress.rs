@@ -41,3 +41,46 @@ fn a_logged_run_prints_one_line_per_epoch() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The after-training memory report (issue 13 #3): capped at the training set's size, measured on
+/// small batches and extrapolated (it once allocated backprop's full need after an adjoint run),
+/// and optional.
+#[test]
+fn the_memory_report_is_capped_extrapolated_and_optional() {
+    let dir = std::env::temp_dir().join(format!("resnet-ode-memreport-{}", std::process::id()));
+    let train = |extra: &[&str]| {
+        let _ = std::fs::remove_dir_all(&dir);
+        let out = Command::new(env!("CARGO_BIN_EXE_resnet-ode"))
+            .args([
+                "train",
+                "--epochs",
+                "1",
+                "--limit-train",
+                "40",
+                "--limit-test",
+                "20",
+            ])
+            .args(["--batch-size", "100000", "--out"])
+            .arg(&dir)
+            .args(extra)
+            .output()
+            .expect("run resnet-ode");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let text = train(&[]);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("activation memory"))
+        .unwrap_or_else(|| panic!("no memory line: {text}"));
+    assert!(
+        line.contains("batch 40, measured") && line.contains("extrapolated"),
+        "{line}"
+    );
+    assert!(!train(&["--no-memory-report"]).contains("activation memory"));
+    let _ = std::fs::remove_dir_all(&dir);
+}

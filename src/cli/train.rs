@@ -4,6 +4,7 @@ use super::pretrained::{eval_init, ImportModelArgs, InitArgs};
 use super::DeviceArgs;
 use anyhow::Context;
 use resnet_ode::data::{Batch, DataSpec};
+use resnet_ode::device::DeviceSpec;
 use resnet_ode::grad::GradMode;
 use resnet_ode::memory;
 use resnet_ode::models::{Arch, ModelSpec};
@@ -93,6 +94,10 @@ pub struct TrainArgs {
     /// Continue the run in --out from its last checkpoint.
     #[arg(long)]
     resume: bool,
+    /// Skip the after-training comparison of this run's activation memory with backprop's
+    /// (the adjoint's: for a backprop run).
+    #[arg(long)]
+    no_memory_report: bool,
     /// Train on the first N training images only.
     #[arg(long)]
     limit_train: Option<usize>,
@@ -254,7 +259,9 @@ pub fn train(a: &TrainArgs) -> anyhow::Result<()> {
     );
     let result = resnet_ode::train::train(&config, &placement, &options)?;
     summarise(&result);
-    compare_memory(&result, &config, &placement);
+    if !a.no_memory_report {
+        compare_memory(&result, &config, &placement, &a.device.device);
+    }
     Ok(())
 }
 
@@ -276,13 +283,27 @@ fn summarise(result: &TrainResult) {
 }
 
 /// The activation memory of one training step in the run's mode next to what backprop (or,
-/// for a backprop run, the adjoint) needs, both measured on one step of a copy of the model
-/// with a random batch of the training shape.
-fn compare_memory(result: &TrainResult, config: &TrainConfig, p: &resnet_ode::device::Placement) {
+/// for a backprop run, the adjoint) needs, measured on one step of a copy of the model with
+/// random images of the training shape, the batch capped at the training set's size. A user who
+/// picked the adjoint because backprop does not fit must not be killed by this report: above
+/// [`PROBE_BATCH`] images backprop's need is measured on two small batches and extrapolated
+/// linearly in the batch size (activations grow with it; the graph's bookkeeping does not).
+/// Heap memory only (flex): on another device it says so instead.
+fn compare_memory(
+    result: &TrainResult,
+    config: &TrainConfig,
+    p: &resnet_ode::device::Placement,
+    device: &str,
+) {
     let ours = &result.grad_modes;
     let all_backprop = ours.iter().all(|&m| m == GradMode::Backprop);
     // A backprop run is compared with the adjoint, which needs a depth-scaled stack.
-    if !memory::is_counting() || (all_backprop && result.model.stack_depths().is_empty()) {
+    if all_backprop && result.model.stack_depths().is_empty() {
+        return;
+    }
+    // The counting allocator sees flex's buffers only.
+    if device.parse::<DeviceSpec>().ok() != Some(DeviceSpec::Flex) || !memory::is_counting() {
+        println!("activation memory: not measured after training on this device (see `resnet-ode bench memory`)");
         return;
     }
     let other = if all_backprop {
@@ -290,33 +311,61 @@ fn compare_memory(result: &TrainResult, config: &TrainConfig, p: &resnet_ode::de
     } else {
         GradMode::Backprop
     };
+    let b = config.batch_size.min(result.train_examples).max(1);
+    let step = |modes: &[GradMode], n: usize| {
+        let batch = random_batch(result, n);
+        step_memory(
+            &result.model,
+            p,
+            &batch,
+            result.input.classes,
+            modes,
+            config.bn,
+        ) as f64
+    };
+    // The run's own modes trained at this batch, and the adjoint is small: measured directly.
+    // Backprop, when it is the other mode, from two small batches.
+    let ours_bytes = step(ours, b);
+    let (theirs, how) = if other == GradMode::Backprop && b > PROBE_BATCH {
+        let probes = [PROBE_BATCH / 2, PROBE_BATCH];
+        let bytes = probes.map(|n| step(&[other], n));
+        let per_image = ((bytes[1] - bytes[0]) / (probes[1] - probes[0]) as f64).max(0.0);
+        let estimate = bytes[1] + per_image * (b - probes[1]) as f64;
+        let how = format!("extrapolated from batches {} and {}", probes[0], probes[1]);
+        (estimate, how)
+    } else {
+        (step(&[other], b), "measured".to_string())
+    };
+    let names: Vec<String> = ours.iter().map(|m| m.to_string()).collect();
+    let mib = |bytes: f64| bytes / (1024.0 * 1024.0);
+    println!(
+        "activation memory of one step (batch {b}, measured): {} {:.2} MiB; {} would need {:.2} MiB ({how}) ({:.1}×)",
+        names.join("/"),
+        mib(ours_bytes),
+        other,
+        mib(theirs),
+        theirs / ours_bytes.max(1.0)
+    );
+}
+
+/// Largest batch at which the after-training report measures backprop directly.
+const PROBE_BATCH: usize = 8;
+
+/// `n` standard-normal images of the training shape with arbitrary labels.
+fn random_batch(result: &TrainResult, n: usize) -> Batch {
     let i = result.input;
-    let b = config.batch_size;
-    let batch = Batch {
+    Batch {
         images: Rng::new(1)
-            .normals(b * i.channels * i.height * i.width)
+            .normals(n * i.channels * i.height * i.width)
             .into_iter()
             .map(|v| v as f32)
             .collect(),
-        labels: (0..b).map(|k| k % i.classes).collect(),
-        batch: b,
+        labels: (0..n).map(|k| k % i.classes).collect(),
+        batch: n,
         channels: i.channels,
         height: i.height,
         width: i.width,
-    };
-    let measure =
-        |modes: &[GradMode]| step_memory(&result.model, p, &batch, i.classes, modes, config.bn);
-    let names: Vec<String> = ours.iter().map(|m| m.to_string()).collect();
-    let (ours, theirs) = (measure(ours), measure(&[other]));
-    let mib = |bytes: usize| bytes as f64 / (1024.0 * 1024.0);
-    println!(
-        "activation memory of one step (batch {b}, measured): {} {:.2} MiB; {} would need {:.2} MiB ({:.1}×)",
-        names.join("/"),
-        mib(ours),
-        other,
-        mib(theirs),
-        theirs as f64 / ours.max(1) as f64
-    );
+    }
 }
 
 pub fn eval(a: &EvalArgs) -> anyhow::Result<()> {

@@ -301,6 +301,8 @@ pub struct TrainResult {
     pub normalization: Normalization,
     /// The gradient mode of each stack at the end (one entry: every stack).
     pub grad_modes: Vec<GradMode>,
+    /// Images in the training set (after `--limit-train`): no batch is larger.
+    pub train_examples: usize,
 }
 
 impl TrainResult {
@@ -390,6 +392,7 @@ pub fn train_on(
         input: data.input,
         normalization: data.normalization,
         grad_modes: run.modes,
+        train_examples: data.train.len(),
     })
 }
 
