@@ -34,6 +34,15 @@ impl Precision {
     }
 }
 
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Precision::F32 => "f32",
+            Precision::F64 => "f64",
+        })
+    }
+}
+
 impl FromStr for Precision {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {

@@ -1,10 +1,11 @@
 //! Weights on disk: safetensors files written atomically and read back with every mismatch
 //! named (missing, unexpected or mis-shaped tensors), for any module (stacks, models).
 
+use crate::device::Precision;
 use crate::report::write_atomic;
 use crate::{Error, Result};
 use burn::module::Module;
-use burn::store::{ModuleSnapshot, SafetensorsStore};
+use burn::store::{FloatCastAdapter, ModuleSnapshot, SafetensorsStore};
 use std::path::Path;
 
 /// Write `module`'s parameters and running statistics to `path` (safetensors; atomic).
@@ -43,10 +44,17 @@ fn canonical_header(bytes: Vec<u8>, path: &Path) -> Result<Vec<u8>> {
     Ok(out)
 }
 
-/// Load weights from `path` into `module`, which must have exactly the same structure.
-pub fn load_weights<M: Module + ModuleSnapshot>(mut module: M, path: &Path) -> Result<M> {
+/// Load weights from `path` into `module`, which must have exactly the same structure, cast to
+/// `precision` (the module's): weights saved in f32 evaluate in f64 and the other way round,
+/// instead of a dtype mismatch deep in the backend.
+pub fn load_weights<M: Module + ModuleSnapshot>(
+    mut module: M,
+    path: &Path,
+    precision: Precision,
+) -> Result<M> {
     let bytes = std::fs::read(path).map_err(|e| Error::file(path, format!("cannot read: {e}")))?;
-    let mut store = SafetensorsStore::from_bytes(Some(bytes));
+    let mut store = SafetensorsStore::from_bytes(Some(bytes))
+        .with_from_adapter(FloatCastAdapter::to(precision.dtype()));
     let result = module
         .load_from(&mut store)
         .map_err(|e| Error::file(path, format!("not a readable safetensors file: {e}")))?;
@@ -68,7 +76,7 @@ pub fn load_weights<M: Module + ModuleSnapshot>(mut module: M, path: &Path) -> R
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::device::{Placement, Precision};
+    use crate::device::Placement;
     use crate::residual::{Activation, MlpConfig};
     use crate::rng::Rng;
 
@@ -92,7 +100,7 @@ mod tests {
         for f in &files[1..] {
             assert_eq!(std::fs::read(f).unwrap(), first, "{}", f.display());
         }
-        let again = load_weights(cfg.init(&p, &mut Rng::new(4)), &files[0]);
+        let again = load_weights(cfg.init(&p, &mut Rng::new(4)), &files[0], Precision::F32);
         assert!(again.is_ok(), "{:?}", again.err());
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -150,7 +150,7 @@ where
     let stack = match &a.weights_file {
         Some(path) if path.exists() => {
             println!("loading weights from {}", path.display());
-            load_weights(stack, path)?
+            load_weights(stack, path, _p.precision)?
         }
         Some(path) => {
             save_weights(&stack, path)?;

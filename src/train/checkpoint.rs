@@ -33,6 +33,9 @@ pub struct RunRecord {
     /// `--grad auto`'s per-stack decisions, in epoch order (rewritten at each recheck).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub grad_decisions: Vec<super::GradDecision>,
+    /// The float precision the run trains in (`--dtype`); None in runs of earlier versions.
+    #[serde(default)]
+    pub dtype: Option<crate::device::Precision>,
 }
 
 /// Everything besides weights and buffers needed to continue a run exactly.

@@ -530,9 +530,9 @@ enum Created {
 }
 
 /// Creates run directory `dir` with its `run.json` (a bad `--out` fails before any training).
-fn new_run_dir(dir: &Path, config: &TrainConfig, data: &Prepared) -> Result<()> {
+fn new_run_dir(dir: &Path, config: &TrainConfig, data: &Prepared, p: &Placement) -> Result<()> {
     ensure_writable_dir(dir)?;
-    write_record(dir, config, data, Vec::new())
+    write_record(dir, config, data, Vec::new(), p)
 }
 
 fn write_record(
@@ -540,12 +540,14 @@ fn write_record(
     config: &TrainConfig,
     data: &Prepared,
     grad_decisions: Vec<GradDecision>,
+    p: &Placement,
 ) -> Result<()> {
     let record = RunRecord {
         config: config.clone(),
         input: data.input,
         normalization: data.normalization.clone(),
         grad_decisions,
+        dtype: Some(p.precision),
     };
     write_json(&dir.join(RUN_FILE), &record)
 }
@@ -595,7 +597,7 @@ impl<'a> Run<'a> {
         let created = match &out {
             Some(dir) => {
                 let existed = dir.exists();
-                new_run_dir(dir, config, data)?;
+                new_run_dir(dir, config, data, p)?;
                 if existed {
                     Created::RunFile
                 } else {
@@ -646,6 +648,17 @@ impl<'a> Run<'a> {
             return Err(Error::file(
                 dir.join(RUN_FILE),
                 "the data now has another shape or class count than when the run started",
+            ));
+        }
+        if let Some(dtype) = record.dtype.filter(|&d| d != p.precision) {
+            // Continuing in another precision would not be the same run.
+            return Err(Error::invalid(
+                "--dtype",
+                format!(
+                    "{}: the run in {} trains in {dtype}; resume with --dtype {dtype}",
+                    p.precision,
+                    dir.display()
+                ),
             ));
         }
         let state: TrainState = read_json(&dir.join(STATE_FILE))?;
@@ -709,7 +722,7 @@ impl<'a> Run<'a> {
         self.decisions.retain(|d| d.epoch < self.epoch);
         self.decisions.push(decision);
         match &self.out {
-            Some(dir) => write_record(dir, self.config, data, self.decisions.clone()),
+            Some(dir) => write_record(dir, self.config, data, self.decisions.clone(), self.p),
             None => Ok(()),
         }
     }
@@ -1023,7 +1036,7 @@ pub fn load_model(record: &RunRecord, p: &Placement, weights: &Path) -> Result<M
         .config
         .model
         .init(p, record.input, &mut Rng::new(0))?;
-    load_weights(model, weights)
+    load_weights(model, weights, p.precision)
 }
 
 /// The run record and the last checkpoint's model of run directory `dir`.

@@ -276,7 +276,7 @@ impl Optimizer {
             first: zeros(&state.first),
             second: zeros(&state.second),
         };
-        let loaded = load_weights(empty, path)?;
+        let loaded = load_weights(empty, path, p.precision)?;
         Ok(Self {
             config,
             steps: state.steps,
