@@ -6,6 +6,7 @@ use crate::report::write_atomic;
 use crate::{Error, Result};
 use burn::module::Module;
 use burn::store::{FloatCastAdapter, ModuleSnapshot, SafetensorsStore};
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 /// Write `module`'s parameters and running statistics to `path` (safetensors; atomic).
@@ -46,18 +47,30 @@ fn canonical_header(bytes: Vec<u8>, path: &Path) -> Result<Vec<u8>> {
 
 /// Load weights from `path` into `module`, which must have exactly the same structure, cast to
 /// `precision` (the module's): weights saved in f32 evaluate in f64 and the other way round,
-/// instead of a dtype mismatch deep in the backend.
+/// instead of a dtype mismatch deep in the backend. A file of another structure is an error
+/// listing the missing, unexpected and mis-shaped tensors in plain words.
 pub fn load_weights<M: Module + ModuleSnapshot>(
     mut module: M,
     path: &Path,
     precision: Precision,
 ) -> Result<M> {
     let bytes = std::fs::read(path).map_err(|e| Error::file(path, format!("cannot read: {e}")))?;
+    let problems = structure_problems(&module, &header_shapes(&bytes, path)?);
+    if !problems.is_empty() {
+        return Err(Error::file(
+            path,
+            format!(
+                "the weights do not fit the model ({} problems):\n{}",
+                problems.len(),
+                list_problems(&problems)
+            ),
+        ));
+    }
     let mut store = SafetensorsStore::from_bytes(Some(bytes))
         .with_from_adapter(FloatCastAdapter::to(precision.dtype()));
     let result = module
         .load_from(&mut store)
-        .map_err(|e| Error::file(path, format!("not a readable safetensors file: {e}")))?;
+        .map_err(|e| Error::file(path, format!("cannot load the weights: {e}")))?;
     if !result.is_success() || !result.missing.is_empty() || !result.unused.is_empty() {
         return Err(Error::file(
             path,
@@ -71,6 +84,82 @@ pub fn load_weights<M: Module + ModuleSnapshot>(
         ));
     }
     Ok(module)
+}
+
+/// The tensors a safetensors file holds, by name, with their shapes (read from its header).
+fn header_shapes(bytes: &[u8], path: &Path) -> Result<BTreeMap<String, Vec<usize>>> {
+    let bad = |why: &str| Error::file(path, format!("not a safetensors file: {why}"));
+    let len = bytes
+        .get(..8)
+        .and_then(|b| b.try_into().ok())
+        .map(u64::from_le_bytes)
+        .ok_or_else(|| bad("shorter than its 8-byte header length"))?;
+    let header = usize::try_from(len)
+        .ok()
+        .and_then(|len| bytes.get(8..8usize.checked_add(len)?))
+        .ok_or_else(|| bad("its header runs past the end of the file"))?;
+    let header: BTreeMap<String, serde_json::Value> =
+        serde_json::from_slice(header).map_err(|e| bad(&format!("its header is not JSON: {e}")))?;
+    Ok(header
+        .into_iter()
+        .filter(|(name, _)| name != "__metadata__")
+        .map(|(name, v)| {
+            let shape = v["shape"]
+                .as_array()
+                .map(|dims| {
+                    dims.iter()
+                        .filter_map(|d| d.as_u64())
+                        .map(|d| d as usize)
+                        .collect()
+                })
+                .unwrap_or_default();
+            (name, shape)
+        })
+        .collect())
+}
+
+/// One line per tensor of `module` missing from `file` or of another shape there, and per
+/// tensor of `file` the module does not have.
+fn structure_problems<M: ModuleSnapshot>(
+    module: &M,
+    file: &BTreeMap<String, Vec<usize>>,
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    let mut seen = BTreeSet::new();
+    for t in module.collect(None, None, true) {
+        let expected = t.shape.as_slice().to_vec();
+        match file.get(&t.name) {
+            None => problems.push(format!("missing {} {expected:?}", t.name)),
+            Some(found) if *found != expected => problems.push(format!(
+                "mis-shaped {}: expected {expected:?}, found {found:?}",
+                t.name
+            )),
+            Some(_) => {}
+        }
+        seen.insert(t.name);
+    }
+    for (name, shape) in file {
+        if !seen.contains(name) {
+            problems.push(format!("unexpected {name} {shape:?}"));
+        }
+    }
+    problems
+}
+
+/// How many problems an error lists before counting the rest.
+const LISTED: usize = 8;
+
+/// The first [`LISTED`] of `lines`, indented, then how many more there are.
+pub fn list_problems(lines: &[String]) -> String {
+    let mut out: Vec<String> = lines
+        .iter()
+        .take(LISTED)
+        .map(|l| format!("  {l}"))
+        .collect();
+    if lines.len() > LISTED {
+        out.push(format!("  … and {} more", lines.len() - LISTED));
+    }
+    out.join("\n")
 }
 
 #[cfg(test)]

@@ -134,7 +134,7 @@ impl Checkpoint {
                 spec.arch,
                 if spec.original { " --original" } else { "" },
                 plan.counts(),
-                summarise(&problems)
+                crate::io::list_problems(&problems)
             )));
         }
         let loaded = plan.tensors.len();
@@ -268,21 +268,6 @@ impl Plan {
             self.tensors.len()
         )
     }
-}
-
-/// How many problems an error lists before counting the rest.
-const LISTED: usize = 8;
-
-fn summarise(lines: &[String]) -> String {
-    let mut out: Vec<String> = lines
-        .iter()
-        .take(LISTED)
-        .map(|l| format!("  {l}"))
-        .collect();
-    if lines.len() > LISTED {
-        out.push(format!("  … and {} more", lines.len() - LISTED));
-    }
-    out.join("\n")
 }
 
 fn shape_text(shape: &[usize]) -> String {
