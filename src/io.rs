@@ -60,7 +60,7 @@ pub fn load_weights<M: Module + ModuleSnapshot>(
         return Err(Error::file(
             path,
             format!(
-                "the weights do not fit the model ({} problems):\n{}",
+                "the weights do not match the model ({} problems):\n{}",
                 problems.len(),
                 list_problems(&problems)
             ),
@@ -126,7 +126,8 @@ fn structure_problems<M: ModuleSnapshot>(
 ) -> Vec<String> {
     let mut problems = Vec::new();
     let mut seen = BTreeSet::new();
-    for t in module.collect(None, None, true) {
+    // With enum variants in the paths, as the store writes them ("Tiny.stem…").
+    for t in module.collect(None, None, false) {
         let expected = t.shape.as_slice().to_vec();
         match file.get(&t.name) {
             None => problems.push(format!("missing {} {expected:?}", t.name)),
