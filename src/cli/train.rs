@@ -10,7 +10,7 @@ use resnet_ode::memory;
 use resnet_ode::models::{Arch, ModelSpec};
 use resnet_ode::rng::Rng;
 use resnet_ode::train::{
-    eval_run, step_memory, AutoGrad, OptimizerConfig, Pretrained, TrainConfig, TrainOptions,
+    eval_run_on, step_memory, AutoGrad, OptimizerConfig, Pretrained, TrainConfig, TrainOptions,
     TrainResult,
 };
 use std::path::PathBuf;
@@ -88,9 +88,10 @@ pub struct TrainArgs {
     /// TinyResNet's piecewise-constant initialisation: distinct functions drawn.
     #[arg(long, default_value_t = resnet_ode::models::DEFAULT_BASE_DEPTH)]
     base_depth: usize,
-    /// Run directory (checkpoints, metrics.jsonl, run.json).
-    #[arg(long, default_value = "runs/digits")]
-    out: PathBuf,
+    /// Run directory (checkpoints, metrics.jsonl, run.json); default runs/<data kind>
+    /// (runs/digits, runs/fashion-mnist, runs/images, …).
+    #[arg(long)]
+    out: Option<PathBuf>,
     /// Continue the run in --out from its last checkpoint.
     #[arg(long)]
     resume: bool,
@@ -136,7 +137,8 @@ pub struct EvalArgs {
     #[command(flatten)]
     model: ImportModelArgs,
     /// With --init: the images (any --data source of train; an image folder is used whole,
-    /// class folders named by integers giving the class index).
+    /// class folders named by integers giving the class index). With --run: the run's data
+    /// where it is now (checked by content: the run's test set must be the same images).
     #[arg(long)]
     data: Option<String>,
     /// Print the result as JSON (with --init: every image's label, prediction and logits).
@@ -147,6 +149,14 @@ pub struct EvalArgs {
 }
 
 impl TrainArgs {
+    /// `--out`, or `runs/<data kind>` (`fashion-mnist:DIR` → `runs/fashion-mnist`).
+    fn run_dir(&self) -> PathBuf {
+        self.out.clone().unwrap_or_else(|| {
+            let kind = self.data.split(':').next().unwrap_or("digits");
+            PathBuf::from("runs").join(kind)
+        })
+    }
+
     /// The library configuration these flags name (each parse error names its flag).
     fn config(&self) -> anyhow::Result<TrainConfig> {
         anyhow::ensure!(
@@ -225,7 +235,7 @@ pub fn train(a: &TrainArgs) -> anyhow::Result<()> {
     config.check()?;
     let placement = a.device.placement()?;
     let options = TrainOptions {
-        out: Some(a.out.clone()),
+        out: Some(a.run_dir()),
         resume: a.resume,
         progress: true,
         stop_after: None,
@@ -255,7 +265,7 @@ pub fn train(a: &TrainArgs) -> anyhow::Result<()> {
         config.bn,
         config.data,
         config.epochs,
-        a.out.display()
+        a.run_dir().display()
     );
     let result = resnet_ode::train::train(&config, &placement, &options)?;
     summarise(&result);
@@ -372,8 +382,8 @@ pub fn eval(a: &EvalArgs) -> anyhow::Result<()> {
     let run = match (&a.run, &a.init.init) {
         (Some(run), _) => {
             anyhow::ensure!(
-                a.data.is_none() && !a.init.partial && !a.model.original && !a.model.tied,
-                "--data, --partial, --original and --tied apply with --init only (a run is evaluated on its own test set)"
+                !a.init.partial && !a.model.original && !a.model.tied,
+                "--partial, --original and --tied apply with --init only (a run records its model)"
             );
             run
         }
@@ -385,7 +395,7 @@ pub fn eval(a: &EvalArgs) -> anyhow::Result<()> {
         (None, None) => anyhow::bail!("eval needs --run DIR or --init PATH"),
     };
     let placement = a.device.placement()?;
-    let r = eval_run(run, a.depth, &placement)
+    let r = eval_run_on(run, a.depth, a.data.as_deref(), &placement)
         .with_context(|| format!("evaluating the run in {}", run.display()))?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&r)?);

@@ -63,6 +63,43 @@ pub struct Dataset {
     pub name: String,
 }
 
+/// What identifies a data set's content, so a run resumes on the same data however it is
+/// named (a trailing slash, a relative path, a moved folder): the sizes and an FNV-1a checksum
+/// of the pixels and labels.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DataId {
+    pub examples: usize,
+    pub shape: [usize; 3],
+    pub classes: usize,
+    pub checksum: String,
+}
+
+impl Dataset {
+    /// The identity of this set's content.
+    pub fn id(&self) -> DataId {
+        const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+        const PRIME: u64 = 0x0100_0000_01b3;
+        let mut h = OFFSET;
+        let mut eat = |bytes: &[u8]| {
+            for &b in bytes {
+                h = (h ^ u64::from(b)).wrapping_mul(PRIME);
+            }
+        };
+        for v in &self.images {
+            eat(&v.to_le_bytes());
+        }
+        for &l in &self.labels {
+            eat(&(l as u64).to_le_bytes());
+        }
+        DataId {
+            examples: self.labels.len(),
+            shape: [self.channels, self.height, self.width],
+            classes: self.classes,
+            checksum: format!("{h:016x}"),
+        }
+    }
+}
+
 /// A summary rather than the pixels, which would flood any log.
 impl fmt::Debug for Dataset {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -11,7 +11,7 @@
 
 use super::optim::OptimizerState;
 use super::{EpochMetrics, TrainConfig};
-use crate::data::Normalization;
+use crate::data::{DataId, Normalization};
 use crate::models::InputShape;
 use crate::report::{write_atomic, write_json};
 use crate::rng::Rng;
@@ -36,6 +36,10 @@ pub struct RunRecord {
     /// The float precision the run trains in (`--dtype`); None in runs of earlier versions.
     #[serde(default)]
     pub dtype: Option<crate::device::Precision>,
+    /// The content of the training and test sets (after limits and normalisation): a resume
+    /// checks the data by this, not by the `--data` string. None in runs of earlier versions.
+    #[serde(default)]
+    pub data_ids: Option<[DataId; 2]>,
 }
 
 /// Everything besides weights and buffers needed to continue a run exactly.

@@ -22,7 +22,7 @@ pub use loss::{cross_entropy, score, DeviceBatch};
 pub use optim::{Optimizer, OptimizerConfig, OptimizerKind, OptimizerState};
 pub use schedule::{Progress, Schedule};
 
-use crate::data::{batches, Augment, Batch, DataSpec, Dataset, Normalization, Split};
+use crate::data::{batches, Augment, Batch, DataId, DataSpec, Dataset, Normalization, Split};
 use crate::device::{to_vec, Placement};
 use crate::grad::{backward_through, GradMode};
 use crate::import::{Checkpoint, ImportOptions};
@@ -322,6 +322,8 @@ pub fn train(config: &TrainConfig, p: &Placement, options: &TrainOptions) -> Res
 pub struct Prepared {
     pub train: Arc<Dataset>,
     pub test: Arc<Dataset>,
+    /// The content identities of the two sets (see [`crate::data::DataId`]).
+    pub ids: [DataId; 2],
     pub normalization: Normalization,
     pub input: InputShape,
 }
@@ -351,6 +353,7 @@ pub fn prepare(split: Split, config: &TrainConfig) -> Result<Prepared> {
         classes: train.classes,
     };
     Ok(Prepared {
+        ids: [train.id(), test.id()],
         train: Arc::new(train),
         test: Arc::new(test),
         normalization,
@@ -548,6 +551,7 @@ fn write_record(
         normalization: data.normalization.clone(),
         grad_decisions,
         dtype: Some(p.precision),
+        data_ids: Some(data.ids.clone()),
     };
     write_json(&dir.join(RUN_FILE), &record)
 }
@@ -634,7 +638,26 @@ impl<'a> Run<'a> {
         verbose: bool,
     ) -> Result<(Self, Model)> {
         let record: RunRecord = read_json(&dir.join(RUN_FILE))?;
-        let differ = checkpoint::config_differences(&record.config, config);
+        let mut differ = checkpoint::config_differences(&record.config, config);
+        if let Some(ids) = &record.data_ids {
+            // The data is checked by content, so its name may change (a trailing slash, a
+            // relative path, a moved folder).
+            differ.retain(|field| field != "data");
+            if *ids != data.ids {
+                return Err(Error::invalid(
+                    "--data",
+                    format!(
+                        "{}: not the images the run in {} was trained on (training set then: {} images, checksum {}; now: {} images, checksum {})",
+                        config.data,
+                        dir.display(),
+                        ids[0].examples,
+                        ids[0].checksum,
+                        data.ids[0].examples,
+                        data.ids[0].checksum
+                    ),
+                ));
+            }
+        }
         if !differ.is_empty() {
             return Err(Error::file(
                 dir.join(RUN_FILE),
@@ -1100,18 +1123,44 @@ pub struct EvalReport {
 /// Evaluates the last checkpoint of run directory `dir` on its test set, with every stack at
 /// `depth` functions if given (tied models only: the ODE-like test of paper.md §3.2).
 pub fn eval_run(dir: &Path, depth: Option<usize>, p: &Placement) -> Result<EvalReport> {
+    eval_run_on(dir, depth, None, p)
+}
+
+/// [`eval_run`] with the data named anew (`eval --data`: the run's data moved or is named
+/// otherwise); its test set must be the one the run recorded (same content).
+pub fn eval_run_on(
+    dir: &Path,
+    depth: Option<usize>,
+    data: Option<&str>,
+    p: &Placement,
+) -> Result<EvalReport> {
     let (record, state, model) = load_run(dir, p)?;
     let trained_depth = model.stack_depths().first().copied().unwrap_or(0);
     let model = match depth {
         Some(d) => model.with_depth(d)?,
         None => model,
     };
-    let spec: DataSpec = record.config.data.parse()?;
+    let spec: DataSpec = data.unwrap_or(&record.config.data).parse()?;
     let mut test = spec.load(record.config.seed)?.test;
     if let Some(n) = record.config.limit_test {
         test = test.take(n);
     }
     record.normalization.apply(&mut test)?;
+    if let (Some(name), Some([_, recorded])) = (data, &record.data_ids) {
+        if test.id() != *recorded {
+            return Err(Error::invalid(
+                "--data",
+                format!(
+                    "{name}: not the test images the run in {} was trained with ({} images, checksum {}; these: {}, {})",
+                    dir.display(),
+                    recorded.examples,
+                    recorded.checksum,
+                    test.len(),
+                    test.id().checksum
+                ),
+            ));
+        }
+    }
     let test = Arc::new(test);
     let (test_loss, test_acc) = evaluate(&model, &test, p)?;
     Ok(EvalReport {
