@@ -133,6 +133,11 @@ fn adjoint_error_rates_on_mlp_and_conv_stacks() {
     };
     for measure in [adjoint::Measure::Reconstruction, adjoint::Measure::Gradient] {
         let data = adjoint::run(&cfg, measure, false).unwrap();
+        // The gradient's columns exist where there is a gradient, never as all-NaN columns.
+        let gradient = measure == adjoint::Measure::Gradient;
+        assert!(data.rows.iter().all(
+            |r| r.min_cosine.is_some() == gradient && r.max_rel_sq_error.is_some() == gradient
+        ));
         for claim in adjoint::claims(&data) {
             eprintln!("{}: {:.3}", claim.claim, claim.measured_slope);
             if claim.claim.contains("mlp") {

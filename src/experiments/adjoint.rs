@@ -115,9 +115,11 @@ pub struct Row {
     /// The reconstruction error, or the gradient's relative error.
     pub error: f64,
     /// Gradient only: the smallest per-tensor cosine and the largest per-tensor
-    /// `mean((g_b − g_a)²)/mean(g_b²)` (NaN for the reconstruction).
-    pub min_cosine: f64,
-    pub max_rel_sq_error: f64,
+    /// `mean((g_b − g_a)²)/mean(g_b²)` (absent for the reconstruction, which has no gradient).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_cosine: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_rel_sq_error: Option<f64>,
 }
 
 /// The measurements and their setting.
@@ -210,11 +212,11 @@ struct At {
 }
 
 /// One measurement: the reconstruction error or the gradient's relative error, with the
-/// gradient's per-tensor extremes (NaN for the reconstruction).
+/// gradient's per-tensor extremes (none for the reconstruction).
 struct Point {
     error: f64,
-    min_cosine: f64,
-    max_rel_sq_error: f64,
+    min_cosine: Option<f64>,
+    max_rel_sq_error: Option<f64>,
 }
 
 fn row(kind: Kind, at: &At, p: Point) -> Row {
@@ -268,8 +270,8 @@ where
     let point = match m {
         Measure::Reconstruction => Point {
             error: stack.reconstruction_error(x0, BnMode::Cached),
-            min_cosine: f64::NAN,
-            max_rel_sq_error: f64::NAN,
+            min_cosine: None,
+            max_rel_sq_error: None,
         },
         Measure::Gradient => {
             let loss = |x: Tensor<D>| x.square().mean();
@@ -278,8 +280,8 @@ where
             let e = gradient_error(&flat_grads(stack, &b.params), &flat_grads(stack, &a.params));
             Point {
                 error: e.relative_error,
-                min_cosine: e.min_cosine,
-                max_rel_sq_error: e.max_rel_sq_error,
+                min_cosine: Some(e.min_cosine),
+                max_rel_sq_error: Some(e.max_rel_sq_error),
             }
         }
     };
@@ -361,28 +363,30 @@ pub fn claims(data: &Data) -> Vec<Claim> {
 /// Writes `<name>.{csv,json}` and one log-log figure per residual kind into `dir`.
 pub fn write(data: &Data, dir: &Path) -> Result<Outcome> {
     let name = data.measure.name().replace('-', "_");
-    let header = [
-        "kind",
-        "scheme",
-        "family",
-        "depth",
-        "error",
-        "min_cosine",
-        "max_rel_sq_error",
-    ];
+    // The gradient's columns only where there is a gradient (no all-NaN columns).
+    let gradient = data.measure == Measure::Gradient;
+    let mut header = vec!["kind", "scheme", "family", "depth", "error"];
+    if gradient {
+        header.extend(["min_cosine", "max_rel_sq_error"]);
+    }
     let rows: Vec<Vec<String>> = data
         .rows
         .iter()
         .map(|r| {
-            vec![
+            let mut row = vec![
                 r.kind.clone(),
                 r.scheme.clone(),
                 r.family.clone(),
                 r.depth.to_string(),
                 num(r.error),
-                num(r.min_cosine),
-                num(r.max_rel_sq_error),
-            ]
+            ];
+            row.extend(
+                [r.min_cosine, r.max_rel_sq_error]
+                    .into_iter()
+                    .flatten()
+                    .map(num),
+            );
+            row
         })
         .collect();
     write_csv(&dir.join(format!("{name}.csv")), &header, &rows)?;
@@ -445,14 +449,23 @@ fn kind_series(data: &Data, kind: &str) -> Vec<Series> {
 
 fn table(data: &Data) -> String {
     let mut s = format!(
-        "{:<5} {:<6} {:<12} {:>5} {:>12} {:>10} {:>12}\n",
-        "kind", "scheme", "family", "N", "error", "min cos", "max rel sq"
+        "{:<5} {:<6} {:<12} {:>5} {:>12}",
+        "kind", "scheme", "family", "N", "error"
     );
+    let gradient = data.measure == Measure::Gradient;
+    if gradient {
+        s.push_str(&format!(" {:>10} {:>12}", "min cos", "max rel sq"));
+    }
+    s.push('\n');
     for r in &data.rows {
         s.push_str(&format!(
-            "{:<5} {:<6} {:<12} {:>5} {:>12.4e} {:>10.6} {:>12.4e}\n",
-            r.kind, r.scheme, r.family, r.depth, r.error, r.min_cosine, r.max_rel_sq_error
+            "{:<5} {:<6} {:<12} {:>5} {:>12.4e}",
+            r.kind, r.scheme, r.family, r.depth, r.error
         ));
+        if let (Some(c), Some(e)) = (r.min_cosine, r.max_rel_sq_error) {
+            s.push_str(&format!(" {c:>10.6} {e:>12.4e}"));
+        }
+        s.push('\n');
     }
     s
 }
