@@ -393,7 +393,7 @@ fn render<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, fig: &Figure) -> Dra
     let (x, y) = fig.ranges();
     // Depths are powers of two: a base-2 x axis puts a tick on each; errors span decades.
     let x_base = if x.end / x.start <= 4096.0 { 2.0 } else { 10.0 };
-    let y_base = if y.end / y.start < 10.0 { 2.0 } else { 10.0 };
+    let y_base = log_base(&y);
     let log_x = || x.clone().log_scale().base(x_base);
     let log_y = || y.clone().log_scale().base(y_base);
     match (fig.axes.log_x, fig.axes.log_y) {
@@ -403,6 +403,49 @@ fn render<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, fig: &Figure) -> Dra
         (true, true) => draw(&root, fig, log_x(), log_y())?,
     }
     root.present()
+}
+
+/// The largest base among 10, 2, 1.5 and 1.2 whose powers put at least three labelled ticks in
+/// `range` (a log axis over less than two decades had one or two labels in base 10).
+fn log_base(range: &std::ops::Range<f64>) -> f64 {
+    let powers = |base: f64| {
+        let (lo, hi) = (range.start.log(base).ceil(), range.end.log(base).floor());
+        hi - lo + 1.0
+    };
+    [10.0, 2.0, 1.5]
+        .into_iter()
+        .find(|&b| powers(b) >= 3.0)
+        .unwrap_or(1.2)
+}
+
+/// The corner of the plot with the fewest data points near it, for the legend (it covered
+/// data in the upper right). Points are placed in [0, 1]² by the axes' own scales.
+fn legend_corner(fig: &Figure) -> SeriesLabelPosition {
+    let (x, y) = fig.ranges();
+    let unit = |v: f64, r: &std::ops::Range<f64>, log: bool| {
+        if log {
+            (v.ln() - r.start.ln()) / (r.end.ln() - r.start.ln())
+        } else {
+            (v - r.start) / (r.end - r.start)
+        }
+    };
+    let near = |right: bool, top: bool| {
+        fig.points()
+            .filter(|&(px, py)| {
+                let (u, v) = (unit(px, &x, fig.axes.log_x), unit(py, &y, fig.axes.log_y));
+                (if right { u > 0.55 } else { u < 0.45 }) && (if top { v > 0.6 } else { v < 0.4 })
+            })
+            .count()
+    };
+    [
+        (SeriesLabelPosition::UpperRight, near(true, true)),
+        (SeriesLabelPosition::UpperLeft, near(false, true)),
+        (SeriesLabelPosition::LowerLeft, near(false, false)),
+        (SeriesLabelPosition::LowerRight, near(true, false)),
+    ]
+    .into_iter()
+    .min_by_key(|(_, n)| *n)
+    .map_or(SeriesLabelPosition::UpperRight, |(corner, _)| corner)
 }
 
 /// Draws the chart for any combination of linear and logarithmic axes.
@@ -440,7 +483,7 @@ where
     if fig.has_legend() {
         chart
             .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
+            .position(legend_corner(fig))
             .background_style(WHITE.mix(0.85))
             .border_style(BLACK.mix(0.5))
             .label_font((FAMILY, 15))
@@ -504,6 +547,41 @@ mod tests {
     use super::*;
 
     const PNG_MAGIC: &[u8] = b"\x89PNG\r\n\x1a\n";
+
+    #[test]
+    fn log_axes_get_at_least_three_labels() {
+        let labels = |r: std::ops::Range<f64>| {
+            let b = log_base(&r);
+            (r.end.log(b).floor() - r.start.log(b).ceil() + 1.0, b)
+        };
+        assert_eq!(labels(1e-6..1e-1).1, 10.0, "decades keep base 10");
+        for r in [2.0..40.0, 0.03..0.5, 9.0..30.0, 1.0..1.9] {
+            let (n, base) = labels(r.clone());
+            assert!(n >= 3.0, "{r:?}: {n} labels in base {base}");
+        }
+    }
+
+    #[test]
+    fn the_legend_avoids_the_data() {
+        let falling = Series::new(
+            "a",
+            vec![(1.0, 100.0), (2.0, 10.0), (4.0, 1.0)],
+            SeriesStyle::palette(0),
+        );
+        let fig = Figure {
+            axes: Axes::new("t", "x", "y", true, true),
+            lines: vec![falling],
+            fills: Vec::new(),
+        };
+        let corner = legend_corner(&fig);
+        assert!(
+            matches!(
+                corner,
+                SeriesLabelPosition::UpperRight | SeriesLabelPosition::LowerLeft
+            ),
+            "a falling line leaves the upper right and lower left free: {corner:?}"
+        );
+    }
 
     fn temp_dir(tag: &str) -> PathBuf {
         let dir =
