@@ -132,22 +132,23 @@ pub fn run(cfg: &Config, show_progress: bool) -> Result<Data> {
     })
 }
 
-/// The paper's Figure 2: weights before a few random steps, one random entry, over depth.
+/// The paper's Figure 2: one random entry of the weights over depth, before a few steps spread
+/// over the training (random steps mostly fell after the weights had settled, where the curves
+/// coincide).
 fn figure_run(cfg: &Config, target: &[f64], rng: &mut Rng) -> Result<FigureRun> {
-    let mut steps: Vec<usize> = (0..cfg.curves).map(|_| 1 + rng.below(cfg.steps)).collect();
-    steps.sort_unstable();
-    steps.dedup();
     let entry = (rng.below(cfg.dim), rng.below(cfg.dim));
     let flat = entry.0 * cfg.dim + entry.1;
-    let (mut loss, mut smoothness, mut curves) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut loss, mut smoothness, mut all) = (Vec::new(), Vec::new(), Vec::new());
     train(cfg.dim, cfg.depth, target, cfg.eta, cfg.steps, |k, w, l| {
         loss.push(l);
         smoothness.push(w.smoothness());
-        if steps.contains(&k) {
-            let values = (0..w.depth).map(|n| w.matrix(n)[flat]).collect();
-            curves.push((k, values));
-        }
+        all.push((k, (0..w.depth).map(|n| w.matrix(n)[flat]).collect::<Vec<f64>>()));
     })?;
+    let steps = spread_steps(&all, cfg.curves);
+    let curves = all
+        .into_iter()
+        .filter(|(k, _)| steps.contains(k))
+        .collect();
     Ok(FigureRun {
         depth: cfg.depth,
         loss,
@@ -155,6 +156,31 @@ fn figure_run(cfg: &Config, target: &[f64], rng: &mut Rng) -> Result<FigureRun> 
         entry,
         curves,
     })
+}
+
+/// `n` distinct steps at which the curve has come 1/(n+1), 2/(n+1), … of the way from the first
+/// step's to the last step's (largest difference over depth), so the drawn curves differ.
+fn spread_steps(curves: &[(usize, Vec<f64>)], n: usize) -> Vec<usize> {
+    let Some((_, last)) = curves.last() else {
+        return Vec::new();
+    };
+    let gap = |v: &[f64]| {
+        v.iter()
+            .zip(last)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f64::max)
+    };
+    let left: Vec<f64> = curves.iter().map(|(_, v)| gap(v)).collect();
+    let start = left.first().copied().unwrap_or(0.0);
+    let mut steps: Vec<usize> = Vec::with_capacity(n);
+    for j in 1..=n {
+        let target = start * (1.0 - j as f64 / (n + 1) as f64);
+        let after = steps.last().map_or(0, |&i| i + 1);
+        if let Some(i) = (after..left.len()).find(|&i| left[i] <= target) {
+            steps.push(i);
+        }
+    }
+    steps.into_iter().map(|i| curves[i].0).collect()
 }
 
 /// Trains at depth `n`, comparing with the reference at every step.
