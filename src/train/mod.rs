@@ -953,17 +953,15 @@ pub fn step_gradients_modes(
     }
 }
 
+/// Every image of `data` in order, in evaluation batches (no shuffle, no augmentation).
+fn in_order(data: &Arc<Dataset>) -> Result<crate::data::Batches> {
+    batches(data.clone(), EVAL_BATCH, false, None, &mut Rng::new(0), false)
+}
+
 /// Test loss (mean cross-entropy) and accuracy of `model` on `test` (running statistics).
 pub fn evaluate(model: &Model, test: &Arc<Dataset>, p: &Placement) -> Result<(f64, f64)> {
     let (mut loss, mut correct) = (0.0, 0);
-    for batch in batches(
-        test.clone(),
-        EVAL_BATCH,
-        false,
-        None,
-        &mut Rng::new(0),
-        false,
-    )? {
+    for batch in in_order(test)? {
         let b = DeviceBatch::new(p, &batch, test.classes);
         let (l, c) = score(&model.forward_eval(b.images), &b.labels);
         loss += l;
@@ -989,14 +987,7 @@ pub struct Scores {
 /// Scores `model` on every image of `data`; a label the model has no output for is an error.
 pub fn score_images(model: &Model, data: &Arc<Dataset>, p: &Placement) -> Result<Scores> {
     let mut logits = Vec::new();
-    for batch in batches(
-        data.clone(),
-        EVAL_BATCH,
-        false,
-        None,
-        &mut Rng::new(0),
-        false,
-    )? {
+    for batch in in_order(data)? {
         let b = DeviceBatch::new(p, &batch, data.classes);
         let out = model.forward_eval(b.images);
         let classes = out.dims()[1];
