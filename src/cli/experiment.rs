@@ -345,7 +345,10 @@ impl FinetuneArgs {
             train_stages: self.train_stages.clone(),
             grad_batch: self.grad_batch,
             data_note,
-            command: std::env::args().collect::<Vec<_>>().join(" "),
+            command: std::iter::once("resnet-ode".to_string())
+                .chain(std::env::args().skip(1))
+                .collect::<Vec<_>>()
+                .join(" "),
             ..cfg
         })
     }
