@@ -165,6 +165,8 @@ fn the_experiment_runs_end_to_end_writes_its_files_and_resumes() {
         "scratch_loss.svg",
         "scratch_accuracy.png",
         "finetune_accuracy.png",
+        "table2.png",
+        "table2.svg",
         "finetune_runs.csv",
         "memory.csv",
         "doctor.csv",

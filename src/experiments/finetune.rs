@@ -20,7 +20,7 @@ use crate::doctor::{diagnose, DoctorConfig, StageReport};
 use crate::grad::GradMode;
 use crate::models::{Arch, Model};
 use crate::params::{independent_copy, parameter_bytes};
-use crate::plot::{lines, Series, SeriesStyle};
+use crate::plot::{bars, lines, Bar, Series, SeriesStyle};
 use crate::report::{write_csv, write_json, Claim};
 use crate::rng::Rng;
 use crate::train::{
@@ -815,6 +815,7 @@ pub fn write(data: &Data, cfg: &Config, dir: &Path) -> Result<Outcome> {
     write_csvs(data, dir)?;
     plot_depths(data, cfg, dir)?;
     plot_curves(data, dir)?;
+    plot_table2(data, dir)?;
     Ok(Outcome {
         name: "finetune".into(),
         claims: claims(data, cfg),
@@ -990,6 +991,37 @@ fn plot_curves(data: &Data, dir: &Path) -> Result<()> {
     )
 }
 
+/// `table2.{png,svg}`: the best test accuracy of each method (mean, min–max over seeds) beside
+/// the untied model before fine-tuning, from a baseline just under the lowest.
+fn plot_table2(data: &Data, dir: &Path) -> Result<()> {
+    let before = Bar {
+        label: "before fine-tuning".into(),
+        value: data.acc_before,
+        low: data.acc_before,
+        high: data.acc_before,
+    };
+    let methods = data.summary.iter().map(|s| Bar {
+        label: s.method.clone(),
+        value: s.mean_best_acc,
+        low: s.min_best_acc,
+        high: s.max_best_acc,
+    });
+    let all: Vec<Bar> = std::iter::once(before).chain(methods).collect();
+    let lowest = all.iter().map(|b| b.low).fold(f64::INFINITY, f64::min);
+    let baseline = if lowest.is_finite() {
+        (lowest - 2.0).floor().max(0.0)
+    } else {
+        0.0
+    };
+    bars(
+        &dir.join("table2"),
+        "Table 2: best test accuracy at the deep depth (mean, min–max over seeds)",
+        "test accuracy (%)",
+        &all,
+        baseline,
+    )
+}
+
 fn mib(bytes: usize) -> f64 {
     bytes as f64 / (1024.0 * 1024.0)
 }
@@ -1051,7 +1083,7 @@ fn markdown(data: &Data, cfg: &Config) -> String {
             mib(r.step_memory_bytes)
         ));
     }
-    md.push_str("\n![fine-tuning](finetune_accuracy.png)\n\nMemory of one training step (measured, the largest of eight; activations = peak less the parameter gradients):\n\n| model | mode | depth | peak MiB | activations MiB |\n|---|---|---:|---:|---:|\n");
+    md.push_str("\n![Table 2](table2.png)\n![fine-tuning](finetune_accuracy.png)\n\nMemory of one training step (measured, the largest of eight; activations = peak less the parameter gradients):\n\n| model | mode | depth | peak MiB | activations MiB |\n|---|---|---:|---:|---:|\n");
     for m in &data.memory {
         md.push_str(&format!(
             "| {} | {} | {} | {:.2} | {:.2} |\n",
