@@ -671,7 +671,7 @@ fn largest_drop(
         .fold(f64::NEG_INFINITY, f64::max)
 }
 
-fn summary_of<'a>(data: &'a Data, method: Method) -> Option<&'a Summary> {
+fn summary_of(data: &Data, method: Method) -> Option<&Summary> {
     data.summary.iter().find(|s| s.method == method.name())
 }
 
