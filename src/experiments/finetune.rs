@@ -367,7 +367,8 @@ struct Ctx<'a> {
 pub fn run(cfg: &Config, p: &Placement, out: &Path, show: bool) -> Result<Data> {
     cfg.check()?;
     let ctx = load(cfg, p, out)?;
-    let bar = progress(7, "finetune", show);
+    // Pre-training, measuring, one step per seed, two scratch runs.
+    let bar = progress(4 + cfg.seeds.len() as u64, "finetune", show);
     let partial = out.join(DATA_FILE);
     let mut data = Data {
         setting: setting(cfg, &ctx.prepared),
