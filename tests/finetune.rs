@@ -240,3 +240,52 @@ fn bad_settings_fail_before_training_naming_the_flag() {
     );
     let _ = std::fs::remove_dir_all(&empty);
 }
+
+/// A one-epoch TinyResNet run of `tiny()`'s size (tied or not) in a fresh directory.
+fn pretrained_run(name: &str, tied: bool) -> PathBuf {
+    let dir = temp_dir(name);
+    let mut config = tiny().train;
+    config.model.depth = Some(2);
+    config.model.tied = tied;
+    config.grad = GradMode::Backprop;
+    let options = TrainOptions {
+        out: Some(dir.clone()),
+        ..TrainOptions::default()
+    };
+    let split = DataSpec::Digits.load(0).unwrap();
+    train_on(split, &config, &p32(), &options).unwrap();
+    dir
+}
+
+#[test]
+fn init_takes_a_tied_run_and_refuses_others_naming_the_flag() {
+    let tied = pretrained_run("init-tied", true);
+    let out = temp_dir("init-out");
+    std::fs::create_dir_all(&out).unwrap();
+    let cfg = Config {
+        init: Some(tied.clone()),
+        ..tiny()
+    };
+    let data = finetune::run(&cfg, &p32(), &out, false).unwrap();
+    assert!(data.untie_rel_diff <= finetune::UNTIE_TOL);
+    assert!(
+        !out.join("runs/pretrain-tied").exists(),
+        "--init replaces the pre-training"
+    );
+    let _ = std::fs::remove_dir_all(&out);
+    let deeper = Config {
+        init: Some(tied.clone()),
+        depth: 3,
+        ..tiny()
+    };
+    assert!(error_of(deeper, "init-depth-out").contains("--depth"));
+    let untied = pretrained_run("init-untied", false);
+    let cfg = Config {
+        init: Some(untied.clone()),
+        ..tiny()
+    };
+    let err = error_of(cfg, "init-untied-out");
+    assert!(err.contains("--init") && err.contains("untied"), "{err}");
+    let _ = std::fs::remove_dir_all(&tied);
+    let _ = std::fs::remove_dir_all(&untied);
+}

@@ -314,6 +314,10 @@ pub struct FinetuneArgs {
     /// Images doctor measures smoothness and gradient error on.
     #[arg(long, default_value_t = 128)]
     pub grad_batch: usize,
+    /// A finished tied TinyResNet run (resnet-ode train --tied --out DIR) to untie and fine-tune
+    /// instead of pre-training one; --depth and --planes must be its own.
+    #[arg(long)]
+    pub init: Option<PathBuf>,
     #[command(flatten)]
     pub device: super::DeviceArgs,
 }
@@ -345,6 +349,7 @@ impl FinetuneArgs {
             train_stages: self.train_stages.clone(),
             grad_batch: self.grad_batch,
             data_note,
+            init: self.init.clone(),
             command: std::iter::once("resnet-ode".to_string())
                 .chain(std::env::args().skip(1))
                 .collect::<Vec<_>>()

@@ -24,7 +24,7 @@ use crate::plot::{bars, lines, Bar, Series, SeriesStyle};
 use crate::report::{write_csv, write_json, Claim};
 use crate::rng::Rng;
 use crate::train::{
-    evaluate, frozen_params, prepare, score_images, step_memory, train_on, DeviceBatch,
+    evaluate, frozen_params, load_run, prepare, score_images, step_memory, train_on, DeviceBatch,
     EpochMetrics, Prepared, TrainConfig, TrainOptions, TrainResult, RUN_FILE,
 };
 use crate::{Error, Result};
@@ -75,6 +75,9 @@ pub struct Config {
     pub grad_batch: usize,
     /// Why the data is what it is (the Fashion-MNIST fallback), for the report.
     pub data_note: Option<String>,
+    /// A finished tied TinyResNet run directory (`resnet-ode train --tied --out DIR`) used
+    /// instead of pre-training one (`--init`); it must match `--depth`, `--planes` and the data.
+    pub init: Option<PathBuf>,
     /// The command line, for the report.
     pub command: String,
 }
@@ -104,6 +107,7 @@ impl Default for Config {
             train_stages: vec!["layer1".into()],
             grad_batch: 128,
             data_note: None,
+            init: None,
             command: "resnet-ode experiment finetune".into(),
         }
     }
@@ -360,6 +364,8 @@ struct Ctx<'a> {
     split: Split,
     prepared: Prepared,
     runs: PathBuf,
+    /// The `--init` model, checked against the settings.
+    init: Option<Model>,
 }
 
 /// Runs the experiment, its trainings as run directories under `out/runs`, writing what is
@@ -378,12 +384,16 @@ pub fn run(cfg: &Config, p: &Placement, out: &Path, show: bool) -> Result<Data> 
         ..Data::default()
     };
     bar.set_message("pre-training");
-    let tied = ctx.train("pretrain-tied", &cfg.pretrain(true), None)?;
+    let tied = match &ctx.init {
+        Some(model) => independent_copy(model),
+        None => ctx.train("pretrain-tied", &cfg.pretrain(true), None)?.model,
+    };
     let untied = ctx.train("pretrain-untied", &cfg.pretrain(false), None)?;
     bar.inc(1);
-    (data.tied_acc, data.untied_acc) = (final_acc(&tied), final_acc(&untied));
-    data.depths = ctx.depth_rows(&tied.model, &untied.model)?;
-    let deep_tied = tied.model.piecewise_copy(cfg.deep_depth)?;
+    data.tied_acc = 100.0 * evaluate(&tied, &ctx.prepared.test, p)?.1;
+    data.untied_acc = final_acc(&untied);
+    data.depths = ctx.depth_rows(&tied, &untied.model)?;
+    let deep_tied = tied.piecewise_copy(cfg.deep_depth)?;
     let deep = deep_tied.untie();
     data.untie_rel_diff = ctx.logit_difference(&deep_tied, &deep)?;
     data.acc_before = 100.0 * evaluate(&deep, &ctx.prepared.test, p)?.1;
@@ -447,13 +457,63 @@ fn load<'a>(cfg: &'a Config, p: &'a Placement, out: &Path) -> Result<Ctx<'a>> {
     let deep = cfg.finetune(Method::Adjoint, cfg.seeds[0]).model;
     let model = deep.init(p, prepared.input, &mut Rng::new(0))?;
     frozen_params(&model, Some(&cfg.train_stages))?;
+    let init = match &cfg.init {
+        Some(dir) => Some(init_model(dir, cfg, &prepared, p)?),
+        None => None,
+    };
     Ok(Ctx {
         cfg,
         p,
         split,
         prepared,
         runs: out.join(RUNS_DIR),
+        init,
     })
+}
+
+/// The last checkpoint of `--init` run `dir`, refused (naming the flag at fault) unless it is
+/// a tied TinyResNet of `--depth` and `--planes` for the data's images and classes.
+fn init_model(dir: &Path, cfg: &Config, data: &Prepared, p: &Placement) -> Result<Model> {
+    let (record, _, model) = load_run(dir, p)?;
+    let spec = &record.config.model;
+    let what = format!("{}", dir.display());
+    if spec.arch != Arch::Tiny || !model.is_tied() {
+        let tied = if model.is_tied() { "tied" } else { "untied" };
+        return Err(Error::invalid(
+            "--init",
+            format!("{what} holds an {tied} {} run: the experiment needs a tied TinyResNet (resnet-ode train --tied)", spec.arch),
+        ));
+    }
+    if record.input != data.input {
+        let (a, b) = (record.input, data.input);
+        return Err(Error::invalid(
+            "--init",
+            format!(
+                "{what} was trained on {}×{}×{} images with {} classes; --data has {}×{}×{} with {}",
+                a.channels, a.height, a.width, a.classes, b.channels, b.height, b.width, b.classes
+            ),
+        ));
+    }
+    if spec.planes != cfg.train.model.planes {
+        return Err(Error::invalid(
+            "--planes",
+            format!(
+                "{}: the --init run has {} channels",
+                cfg.train.model.planes, spec.planes
+            ),
+        ));
+    }
+    let depth = model.stack_depths().first().copied().unwrap_or(0);
+    if depth != cfg.depth {
+        return Err(Error::invalid(
+            "--depth",
+            format!(
+                "{}: the --init run was trained at depth {depth}; pass --depth {depth}",
+                cfg.depth
+            ),
+        ));
+    }
+    Ok(model)
 }
 
 impl Ctx<'_> {
@@ -630,9 +690,15 @@ fn summarize(data: &Data) -> Vec<Summary> {
 
 fn setting(cfg: &Config, data: &Prepared) -> String {
     let t = &cfg.train;
+    let init = cfg.init.as_ref().map_or(String::new(), |d| {
+        format!(
+            "the tied model taken from --init {} (normalised with this data's statistics), ",
+            d.display()
+        )
+    });
     format!(
         "TinyResNet (P = {}, Euler, batch norm `{}`) on {} ({} training / {} test images); \
-         pre-training: tied and untied at depth {}, backprop, {} epochs, SGD lr {} ({}), batch {}; \
+         {init}pre-training: tied and untied at depth {}, backprop, {} epochs, SGD lr {} ({}), batch {}; \
          fine-tuning at depth {}: only {:?} trained, {} epochs, lr {} ({}; untied residual \
          functions at lr × N), seeds {:?}; from scratch: untied at depth {}, {} epochs, lr {} \
          (residual functions at lr × N); doctor on the first {} training images",
