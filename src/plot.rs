@@ -195,6 +195,39 @@ pub fn band(
     write_figure(stem, &fig)
 }
 
+/// One bar of [`bars`]: its height, a whisker from `low` to `high` (a spread over seeds).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Bar {
+    /// Legend text (the x axis carries only the bars' positions).
+    pub label: String,
+    pub value: f64,
+    pub low: f64,
+    pub high: f64,
+}
+
+/// Bar chart: bar i at x = i + 1 from `baseline` to its value, outlined and shaded in palette
+/// colour i and named in the legend, with a black whisker over its spread. Bars with a
+/// non-finite value are left out.
+pub fn bars(stem: &Path, title: &str, ylabel: &str, bars: &[Bar], baseline: f64) -> Result<()> {
+    const HALF: f64 = 0.3;
+    let axes = Axes::new(title, "", ylabel, false, false);
+    let (mut lines, mut fills) = (Vec::new(), Vec::new());
+    for (i, b) in bars.iter().enumerate().filter(|(_, b)| b.value.is_finite()) {
+        let (style, x) = (SeriesStyle::palette(i), (i + 1) as f64);
+        let outline = vec![
+            (x - HALF, baseline),
+            (x - HALF, b.value),
+            (x + HALF, b.value),
+            (x + HALF, baseline),
+        ];
+        fills.push((style.color, outline.clone()));
+        lines.push(axes.clean(&Series::new(b.label.clone(), outline, style)));
+        let whisker = SeriesStyle::palette(6);
+        lines.push(axes.clean(&Series::new("", vec![(x, b.low), (x, b.high)], whisker)));
+    }
+    write_figure(stem, &Figure { axes, lines, fills })
+}
+
 /// Titles and axis kinds; decides which points can be drawn.
 struct Axes<'a> {
     title: &'a str,

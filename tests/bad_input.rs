@@ -51,6 +51,43 @@ fn bad_flags_name_the_flag() {
             "--seeds",
         ),
         (&["train", "--planes", "0", "--out", &out_s], "--planes"),
+        (
+            &[
+                "experiment",
+                "finetune",
+                "--deep-depth",
+                "8",
+                "--out",
+                &out_s,
+            ],
+            "--deep-depth",
+        ),
+        (
+            &[
+                "experiment",
+                "finetune",
+                "--train-stages",
+                "layer9",
+                "--out",
+                &out_s,
+            ],
+            "--train-stages",
+        ),
+        (
+            &[
+                "experiment",
+                "finetune",
+                "--data",
+                "bogus:x",
+                "--out",
+                &out_s,
+            ],
+            "--data",
+        ),
+        (
+            &["experiment", "finetune", "--seeds", "0", "--out", &out_s],
+            "--seeds",
+        ),
     ];
     for (args, flag) in cases {
         let o = Command::new(env!("CARGO_BIN_EXE_resnet-ode"))

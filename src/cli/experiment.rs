@@ -6,7 +6,7 @@ use super::parse_list;
 use clap::{Args, Subcommand};
 use resnet_ode::analysis::neural_ode::Interpolation;
 use resnet_ode::experiments::{
-    adjoint, claims_table, depth_sweep, linear_gd, ode_distance, powers_of_two, run_all,
+    adjoint, claims_table, depth_sweep, finetune, linear_gd, ode_distance, powers_of_two, run_all,
     write_outcome, AllConfig, Outcome,
 };
 use resnet_ode::family::Family;
@@ -32,6 +32,10 @@ pub enum Experiment {
     /// gradient error on a trained model copied to each depth (paper Fig. 3c/4). Boxed: its
     /// flags make it the largest variant.
     DepthSweep(Box<DepthSweepArgs>),
+    /// A tied ODE-like TinyResNet pre-trained, evaluated at other depths, untied into a deep
+    /// model and fine-tuned with the adjoint vs backprop vs tied; untied from scratch with the
+    /// adjoint vs backprop (paper Table 2, Fig. 3a/b).
+    Finetune(Box<FinetuneArgs>),
 }
 
 /// Flags every experiment takes.
@@ -257,6 +261,104 @@ impl DepthSweepArgs {
     }
 }
 
+/// `experiment finetune` flags. The defaults fit a few minutes on 2 CPU cores on the digits
+/// (10–20 on Fashion-MNIST's first 6000 images).
+#[derive(Args, Debug)]
+pub struct FinetuneArgs {
+    /// Output directory: report, CSV/JSON, figures, and the trainings' run directories under
+    /// runs/ (resumed when run again with the same flags).
+    #[arg(long, default_value = "out/finetune")]
+    pub out: PathBuf,
+    /// Dataset (any the trainer reads) [default: fashion-mnist:/usr/share/datasets/fashion-mnist
+    /// when present, else the built-in digits].
+    #[arg(long)]
+    pub data: Option<String>,
+    /// Depth the tied and untied models are pre-trained at.
+    #[arg(long, default_value_t = 8)]
+    pub depth: usize,
+    /// Depth the tied model is untied into and fine-tuned at.
+    #[arg(long, default_value_t = 32)]
+    pub deep_depth: usize,
+    /// Depths of the ODE-like test (Fig. 3a).
+    #[arg(long, value_delimiter = ',', default_value = "2,4,8,16,32,64")]
+    pub eval_depths: Vec<usize>,
+    #[arg(long, default_value_t = 8)]
+    pub pretrain_epochs: usize,
+    #[arg(long, default_value_t = 4)]
+    pub finetune_epochs: usize,
+    #[arg(long, default_value_t = 0.01)]
+    pub finetune_lr: f64,
+    /// Epochs of the untied from-scratch runs (Fig. 3b).
+    #[arg(long, default_value_t = 6)]
+    pub scratch_epochs: usize,
+    /// Fine-tuning runs per method, with seeds --seed, --seed + 1, …
+    #[arg(long, default_value_t = 2)]
+    pub seeds: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Stages fine-tuning trains (stem, layer1, head); the others stay frozen.
+    #[arg(long, value_delimiter = ',', default_value = "layer1")]
+    pub train_stages: Vec<String>,
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+    /// Learning rate of the pre-training and from-scratch runs (SGD, cosine).
+    #[arg(long, default_value_t = 0.1)]
+    pub lr: f64,
+    /// TinyResNet's channels P.
+    #[arg(long, default_value_t = 16)]
+    pub planes: usize,
+    #[arg(long, default_value_t = 6000)]
+    pub limit_train: usize,
+    #[arg(long, default_value_t = 2000)]
+    pub limit_test: usize,
+    /// Images doctor measures smoothness and gradient error on.
+    #[arg(long, default_value_t = 128)]
+    pub grad_batch: usize,
+    /// A finished tied TinyResNet run (resnet-ode train --tied --out DIR) to untie and fine-tune
+    /// instead of pre-training one; --depth and --planes must be its own.
+    #[arg(long)]
+    pub init: Option<PathBuf>,
+    #[command(flatten)]
+    pub device: super::DeviceArgs,
+}
+
+impl FinetuneArgs {
+    fn config(&self) -> anyhow::Result<finetune::Config> {
+        let (data, data_note) = match &self.data {
+            Some(d) => (d.parse::<resnet_ode::data::DataSpec>()?.to_string(), None),
+            None => finetune::default_data(),
+        };
+        let mut cfg = finetune::Config::default();
+        cfg.train.data = data;
+        cfg.train.batch_size = self.batch_size;
+        cfg.train.lr = self.lr;
+        cfg.train.model.planes = self.planes;
+        cfg.train.limit_train = Some(self.limit_train);
+        cfg.train.limit_test = Some(self.limit_test);
+        Ok(finetune::Config {
+            depth: self.depth,
+            deep_depth: self.deep_depth,
+            eval_depths: self.eval_depths.clone(),
+            pretrain_epochs: self.pretrain_epochs,
+            finetune_epochs: self.finetune_epochs,
+            finetune_lr: self.finetune_lr,
+            scratch_epochs: self.scratch_epochs,
+            seeds: (0..self.seeds as u64)
+                .map(|k| self.seed.wrapping_add(k))
+                .collect(),
+            train_stages: self.train_stages.clone(),
+            grad_batch: self.grad_batch,
+            data_note,
+            init: self.init.clone(),
+            command: std::iter::once("resnet-ode".to_string())
+                .chain(std::env::args().skip(1))
+                .collect::<Vec<_>>()
+                .join(" "),
+            ..cfg
+        })
+    }
+}
+
 pub fn run(e: &Experiment) -> anyhow::Result<()> {
     let start = Instant::now();
     match e {
@@ -300,6 +402,14 @@ pub fn run(e: &Experiment) -> anyhow::Result<()> {
             single(&a.out, |show| {
                 depth_sweep::run(&cfg, &p, show, Some(&runs))
                     .and_then(|d| depth_sweep::write(&d, &a.out))
+            })?
+        }
+        Experiment::Finetune(a) => {
+            let (cfg, p) = (a.config()?, a.device.placement()?);
+            cfg.check()?;
+            single(&a.out, |show| {
+                finetune::run(&cfg, &p, &a.out, show)
+                    .and_then(|d| finetune::write(&d, &cfg, &a.out))
             })?
         }
     }

@@ -239,6 +239,7 @@ pub fn train(a: &TrainArgs) -> anyhow::Result<()> {
         resume: a.resume,
         progress: true,
         stop_after: None,
+        initial: None,
     };
     if let Some(pre) = &config.pretrained {
         println!(

@@ -142,13 +142,15 @@ fn figure_run(cfg: &Config, target: &[f64], rng: &mut Rng) -> Result<FigureRun> 
     train(cfg.dim, cfg.depth, target, cfg.eta, cfg.steps, |k, w, l| {
         loss.push(l);
         smoothness.push(w.smoothness());
-        all.push((k, (0..w.depth).map(|n| w.matrix(n)[flat]).collect::<Vec<f64>>()));
+        all.push((
+            k,
+            (0..w.depth)
+                .map(|n| w.matrix(n)[flat])
+                .collect::<Vec<f64>>(),
+        ));
     })?;
     let steps = spread_steps(&all, cfg.curves);
-    let curves = all
-        .into_iter()
-        .filter(|(k, _)| steps.contains(k))
-        .collect();
+    let curves = all.into_iter().filter(|(k, _)| steps.contains(k)).collect();
     Ok(FigureRun {
         depth: cfg.depth,
         loss,

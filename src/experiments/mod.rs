@@ -8,6 +8,7 @@
 
 pub mod adjoint;
 pub mod depth_sweep;
+pub mod finetune;
 pub mod linear_gd;
 pub mod ode_distance;
 

@@ -266,6 +266,10 @@ pub struct TrainOptions {
     pub progress: bool,
     /// Stop after this many epochs of this call, leaving a resumable run (a time-boxed job).
     pub stop_after: Option<usize>,
+    /// The model a fresh run starts from instead of `config`'s draw or checkpoint (an
+    /// experiment fine-tuning a model it trained itself); it must be one `config.model` builds,
+    /// since a resumed run rebuilds it from there. Ignored when resuming.
+    pub initial: Option<Model>,
 }
 
 /// One finished epoch (a line of `metrics.jsonl`).
@@ -450,6 +454,27 @@ fn initial_model(
     })
 }
 
+/// An independent copy of the model a caller gives a fresh run, which must have the stack
+/// depths and tying of `config.model` (a resumed run is rebuilt from that spec).
+fn given_model(model: &Model, config: &TrainConfig) -> Result<Model> {
+    let spec = &config.model;
+    let depth = spec.stack_depth()?;
+    let fits = model.stack_depths().iter().all(|&d| d == depth) && model.is_tied() == spec.tied;
+    if !fits {
+        return Err(Error::invalid(
+            "--depth",
+            format!(
+                "the initial model (stack depths {:?}, tied {}) is not the {} model of depth {depth}, tied {} the run records",
+                model.stack_depths(),
+                model.is_tied(),
+                spec.arch,
+                spec.tied
+            ),
+        ));
+    }
+    Ok(independent_copy(model))
+}
+
 /// The stage of parameter `path` in PyTorch's naming: `stem`, `layer{k}` (stage k, TinyResNet's
 /// stack being `layer1`), `head`. Enum variants (capitalised) are not part of it.
 fn stage_of(path: &str) -> String {
@@ -596,7 +621,10 @@ impl<'a> Run<'a> {
         }
         // The model first: a setting it rejects or a checkpoint that does not fit leaves no
         // run directory behind.
-        let model = initial_model(config, p, data.input, options.progress)?;
+        let model = match &options.initial {
+            Some(m) => given_model(m, config)?,
+            None => initial_model(config, p, data.input, options.progress)?,
+        };
         frozen_params(&model, config.train_stages.as_deref())?;
         let created = match &out {
             Some(dir) => {
@@ -955,7 +983,14 @@ pub fn step_gradients_modes(
 
 /// Every image of `data` in order, in evaluation batches (no shuffle, no augmentation).
 fn in_order(data: &Arc<Dataset>) -> Result<crate::data::Batches> {
-    batches(data.clone(), EVAL_BATCH, false, None, &mut Rng::new(0), false)
+    batches(
+        data.clone(),
+        EVAL_BATCH,
+        false,
+        None,
+        &mut Rng::new(0),
+        false,
+    )
 }
 
 /// Test loss (mean cross-entropy) and accuracy of `model` on `test` (running statistics).

@@ -1,0 +1,291 @@
+//! `experiment finetune`: untying a tied TinyResNet at a deeper depth is exact, a run started
+//! from a given model with `train_stages` changes only those stages, the experiment runs end to
+//! end on a tiny configuration (and resumes), and bad settings fail naming their flag.
+
+use resnet_ode::data::DataSpec;
+use resnet_ode::device::{Placement, Precision};
+use resnet_ode::experiments::finetune::{self, Config};
+use resnet_ode::grad::GradMode;
+use resnet_ode::models::{Model, ModelSpec};
+use resnet_ode::params::flat_values;
+use resnet_ode::rng::Rng;
+use resnet_ode::train::{prepare, score_images, train_on, TrainConfig, TrainOptions};
+use std::path::PathBuf;
+
+fn p32() -> Placement {
+    Placement::flex(Precision::F32)
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("resnet-ode-ft-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+/// Seconds-sized settings on a subset of the digits.
+fn tiny() -> Config {
+    let mut cfg = Config::default();
+    cfg.train.data = "digits".into();
+    cfg.train.model.planes = 4;
+    cfg.train.batch_size = 16;
+    cfg.train.limit_train = Some(64);
+    cfg.train.limit_test = Some(32);
+    Config {
+        depth: 2,
+        deep_depth: 4,
+        eval_depths: vec![1, 2, 4],
+        pretrain_epochs: 1,
+        finetune_epochs: 1,
+        scratch_epochs: 1,
+        seeds: vec![0],
+        grad_batch: 16,
+        ..cfg
+    }
+}
+
+/// A TinyResNet of `depth` drawn from `seed` for the digits.
+fn tiny_model(spec: &ModelSpec, seed: u64) -> Model {
+    let split = DataSpec::Digits.load(0).unwrap();
+    let data = prepare(split, &TrainConfig::default()).unwrap();
+    spec.init(&p32(), data.input, &mut Rng::new(seed)).unwrap()
+}
+
+#[test]
+fn untying_a_tied_tiny_resnet_at_a_deeper_depth_keeps_its_logits() {
+    let spec = ModelSpec {
+        depth: Some(2),
+        tied: true,
+        planes: 4,
+        ..ModelSpec::default()
+    };
+    let tied = tiny_model(&spec, 3).piecewise_copy(8).unwrap();
+    let untied = tied.untie();
+    assert!(tied.is_tied() && !untied.is_tied());
+    assert_eq!(untied.stack_depths(), vec![8]);
+    let split = DataSpec::Digits.load(0).unwrap();
+    let data = prepare(split, &TrainConfig::default()).unwrap();
+    let a = score_images(&tied, &data.test, &p32()).unwrap().logits;
+    let b = score_images(&untied, &data.test, &p32()).unwrap().logits;
+    let scale = a.iter().flatten().fold(0.0f64, |m, v| m.max(v.abs()));
+    let diff = a
+        .iter()
+        .flatten()
+        .zip(b.iter().flatten())
+        .fold(0.0f64, |m, (x, y)| m.max((x - y).abs()));
+    assert!(
+        diff <= 1e-5 * scale,
+        "untied logits differ by {diff} (scale {scale})"
+    );
+}
+
+#[test]
+fn a_run_from_a_given_model_trains_only_the_chosen_stage() {
+    let spec = ModelSpec {
+        depth: Some(4),
+        planes: 4,
+        ..ModelSpec::default()
+    };
+    let start = tiny_model(&spec, 5);
+    let config = TrainConfig {
+        model: spec,
+        grad: GradMode::Adjoint,
+        epochs: 1,
+        batch_size: 16,
+        limit_train: Some(64),
+        limit_test: Some(32),
+        train_stages: Some(vec!["layer1".into()]),
+        ..TrainConfig::default()
+    };
+    let options = TrainOptions {
+        initial: Some(start.clone()),
+        ..TrainOptions::default()
+    };
+    let split = DataSpec::Digits.load(0).unwrap();
+    let trained = train_on(split, &config, &p32(), &options).unwrap().model;
+    let (Model::Tiny(a), Model::Tiny(b)) = (&start, &trained) else {
+        panic!("TinyResNet expected");
+    };
+    assert_eq!(flat_values(&a.stem), flat_values(&b.stem), "stem is frozen");
+    assert_eq!(flat_values(&a.head), flat_values(&b.head), "head is frozen");
+    assert_ne!(
+        flat_values(&a.stack),
+        flat_values(&b.stack),
+        "layer1 trains"
+    );
+}
+
+#[test]
+fn a_given_model_of_another_depth_is_refused() {
+    let spec = ModelSpec {
+        depth: Some(4),
+        planes: 4,
+        ..ModelSpec::default()
+    };
+    let other = tiny_model(
+        &ModelSpec {
+            depth: Some(2),
+            ..spec.clone()
+        },
+        1,
+    );
+    let config = TrainConfig {
+        model: spec,
+        epochs: 1,
+        limit_train: Some(32),
+        ..TrainConfig::default()
+    };
+    let options = TrainOptions {
+        initial: Some(other),
+        ..TrainOptions::default()
+    };
+    let split = DataSpec::Digits.load(0).unwrap();
+    let err = train_on(split, &config, &p32(), &options).err().unwrap();
+    assert!(err.to_string().contains("--depth"), "{err}");
+}
+
+#[test]
+fn the_experiment_runs_end_to_end_writes_its_files_and_resumes() {
+    let (cfg, out) = (tiny(), temp_dir("e2e"));
+    std::fs::create_dir_all(&out).unwrap();
+    let data = finetune::run(&cfg, &p32(), &out, false).unwrap();
+    assert!(data.untie_rel_diff <= finetune::UNTIE_TOL);
+    assert_eq!(data.depths.len(), 3);
+    assert_eq!(data.summary.len(), 3);
+    assert_eq!(data.curves.len(), 2);
+    let outcome = finetune::write(&data, &cfg, &out).unwrap();
+    resnet_ode::experiments::write_outcome(&out, &outcome).unwrap();
+    for file in [
+        "report.md",
+        "report.json",
+        "finetune.json",
+        "table2.json",
+        "accuracy_vs_depth.csv",
+        "accuracy_vs_depth.png",
+        "accuracy_vs_depth.svg",
+        "scratch_loss.svg",
+        "scratch_accuracy.png",
+        "finetune_accuracy.png",
+        "table2.png",
+        "table2.svg",
+        "finetune_runs.csv",
+        "memory.csv",
+        "doctor.csv",
+        "runs/pretrain-tied/run.json",
+        "runs/finetune-adjoint-s0/metrics.jsonl",
+        "runs/scratch-backprop/run.json",
+    ] {
+        assert!(out.join(file).exists(), "{file} missing");
+    }
+    // Without the counting allocator (tests) the memory ratios are NaN, written as null.
+    let json = std::fs::read_to_string(out.join("report.json")).unwrap();
+    let claims: Vec<serde_json::Value> = serde_json::from_str(&json).unwrap();
+    assert_eq!(claims.len(), 9);
+    assert_eq!(
+        claims[0]["holds"],
+        serde_json::Value::Bool(true),
+        "untying is exact"
+    );
+    // Run again: every training is finished, so it is reloaded, not redone.
+    let again = finetune::run(&cfg, &p32(), &out, false).unwrap();
+    assert_eq!(again.acc_before, data.acc_before);
+    let best = |d: &finetune::Data| {
+        d.finetune
+            .iter()
+            .map(|r| r.best_test_acc)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(best(&again), best(&data));
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+/// The error of running `cfg`, which must fail before writing anything into `out`.
+fn error_of(cfg: Config, name: &str) -> String {
+    let out = temp_dir(name);
+    std::fs::create_dir_all(&out).unwrap();
+    let err = finetune::run(&cfg, &p32(), &out, false).err().unwrap();
+    assert!(!out.join("runs").exists(), "{name}: trained before failing");
+    let _ = std::fs::remove_dir_all(&out);
+    err.to_string()
+}
+
+#[test]
+fn bad_settings_fail_before_training_naming_the_flag() {
+    let unreachable = Config {
+        deep_depth: 2,
+        ..tiny()
+    };
+    assert!(error_of(unreachable, "depth").contains("--deep-depth"));
+    let stage = Config {
+        train_stages: vec!["layer7".into()],
+        ..tiny()
+    };
+    let err = error_of(stage, "stage");
+    assert!(
+        err.contains("--train-stages") && err.contains("layer7"),
+        "{err}"
+    );
+    let seeds = Config {
+        seeds: Vec::new(),
+        ..tiny()
+    };
+    assert!(error_of(seeds, "seeds").contains("--seeds"));
+    let empty = temp_dir("empty-images");
+    std::fs::create_dir_all(&empty).unwrap();
+    let mut no_data = tiny();
+    no_data.train.data = format!("images:{}", empty.display());
+    let err = error_of(no_data, "data");
+    assert!(
+        err.contains(&empty.display().to_string()) || err.contains("--data"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&empty);
+}
+
+/// A one-epoch TinyResNet run of `tiny()`'s size (tied or not) in a fresh directory.
+fn pretrained_run(name: &str, tied: bool) -> PathBuf {
+    let dir = temp_dir(name);
+    let mut config = tiny().train;
+    config.model.depth = Some(2);
+    config.model.tied = tied;
+    config.grad = GradMode::Backprop;
+    let options = TrainOptions {
+        out: Some(dir.clone()),
+        ..TrainOptions::default()
+    };
+    let split = DataSpec::Digits.load(0).unwrap();
+    train_on(split, &config, &p32(), &options).unwrap();
+    dir
+}
+
+#[test]
+fn init_takes_a_tied_run_and_refuses_others_naming_the_flag() {
+    let tied = pretrained_run("init-tied", true);
+    let out = temp_dir("init-out");
+    std::fs::create_dir_all(&out).unwrap();
+    let cfg = Config {
+        init: Some(tied.clone()),
+        ..tiny()
+    };
+    let data = finetune::run(&cfg, &p32(), &out, false).unwrap();
+    assert!(data.untie_rel_diff <= finetune::UNTIE_TOL);
+    assert!(
+        !out.join("runs/pretrain-tied").exists(),
+        "--init replaces the pre-training"
+    );
+    let _ = std::fs::remove_dir_all(&out);
+    let deeper = Config {
+        init: Some(tied.clone()),
+        depth: 3,
+        ..tiny()
+    };
+    assert!(error_of(deeper, "init-depth-out").contains("--depth"));
+    let untied = pretrained_run("init-untied", false);
+    let cfg = Config {
+        init: Some(untied.clone()),
+        ..tiny()
+    };
+    let err = error_of(cfg, "init-untied-out");
+    assert!(err.contains("--init") && err.contains("untied"), "{err}");
+    let _ = std::fs::remove_dir_all(&tied);
+    let _ = std::fs::remove_dir_all(&untied);
+}
