@@ -87,9 +87,14 @@ open(f"{out}/gradcheck-compare.txt", "w").write("\n".join(rows) + "\n")
 PY
 
 say "memory: bench memory (one process per configuration, first step read through NVML)"
+# One call per workload so each writes its JSON; CubeCL's adjoint is slow per layer (7.7 ms on
+# the H200 in session 5: 31 s a step at N = 4096), hence its larger cap.
 for dev in cuda:0 libtorch-cuda:0; do
-  run 90 "memory-${dev%%:*}" "$BIN" bench memory --device "$dev" --workloads mlp,conv16 --depths 8,512,4096 \
-    --schemes euler --modes backprop,adjoint --reps 1 --json "$WORK/memory-${dev%%:*}.json"
+  cap=$([ "$dev" = cuda:0 ] && echo 120 || echo 60)
+  run "$cap" "memory-mlp-${dev%%:*}" "$BIN" bench memory --device "$dev" --workloads mlp --depths 8,512,4096 \
+    --schemes euler --modes backprop,adjoint --reps 1 --json "$WORK/memory-mlp-${dev%%:*}.json"
+  run 60 "memory-conv16-${dev%%:*}" "$BIN" bench memory --device "$dev" --workloads conv16 --depths 8,512 \
+    --schemes euler --modes backprop,adjoint --reps 1 --json "$WORK/memory-conv16-${dev%%:*}.json"
 done
 
 say "speed: bench train, ours vs PyTorch CUDA (TinyResNet 16/64, ResNet-56)"
