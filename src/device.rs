@@ -178,7 +178,7 @@ impl DeviceSpec {
     /// up lazily and panics where the driver library, the device or an adapter is missing
     /// (cudarc's dlopen of libcuda, tch's CUDA check, wgpu's adapter request): that panic
     /// becomes an error naming the device, with the backend's own words on what is missing.
-    #[allow(dead_code)] // unused in a build without GPU features
+    #[cfg(any(feature = "tch", feature = "cuda", feature = "vulkan"))]
     fn probe(&self, device: Device) -> Result<Device> {
         let hook = std::panic::take_hook();
         std::panic::set_hook(Box::new(|_| {}));

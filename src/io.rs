@@ -26,23 +26,34 @@ pub fn save_weights<M: Module + ModuleSnapshot>(module: &M, path: &Path) -> Resu
 /// sorted keys identical runs write byte-identical checkpoints (a checksum proves a
 /// reproduction). The tensor data is untouched: its offsets count from the end of the header.
 fn canonical_header(bytes: Vec<u8>, path: &Path) -> Result<Vec<u8>> {
-    let bad = || Error::file(path, "serialised weights lack a safetensors header");
+    let bad = |why: &str| Error::file(path, format!("serialised weights: {why}"));
+    let (header, data) = split_header(&bytes).map_err(bad)?;
+    // serde_json's map is ordered by key (no `preserve_order` feature).
+    let value: serde_json::Value =
+        serde_json::from_slice(header).map_err(|_| bad("the header is not JSON"))?;
+    let mut sorted = serde_json::to_vec(&value).map_err(|_| bad("cannot re-serialise"))?;
+    // Safetensors pads the header with spaces to a multiple of 8 bytes.
+    sorted.resize(sorted.len().next_multiple_of(8), b' ');
+    let mut out = Vec::with_capacity(8 + sorted.len() + data.len());
+    out.extend_from_slice(&(sorted.len() as u64).to_le_bytes());
+    out.extend_from_slice(&sorted);
+    out.extend_from_slice(data);
+    Ok(out)
+}
+
+/// A safetensors file's JSON header and the tensor data after it, or what is wrong.
+fn split_header(bytes: &[u8]) -> std::result::Result<(&[u8], &[u8]), &'static str> {
     let len = bytes
         .get(..8)
         .and_then(|b| b.try_into().ok())
         .map(u64::from_le_bytes)
-        .ok_or_else(bad)? as usize;
-    let header = bytes.get(8..8 + len).ok_or_else(bad)?;
-    // serde_json's map is ordered by key (no `preserve_order` feature).
-    let value: serde_json::Value = serde_json::from_slice(header).map_err(|_| bad())?;
-    let mut sorted = serde_json::to_vec(&value).map_err(|_| bad())?;
-    // Safetensors pads the header with spaces to a multiple of 8 bytes.
-    sorted.resize(sorted.len().next_multiple_of(8), b' ');
-    let mut out = Vec::with_capacity(8 + sorted.len() + bytes.len() - 8 - len);
-    out.extend_from_slice(&(sorted.len() as u64).to_le_bytes());
-    out.extend_from_slice(&sorted);
-    out.extend_from_slice(&bytes[8 + len..]);
-    Ok(out)
+        .ok_or("shorter than its 8-byte header length")?;
+    let end = usize::try_from(len)
+        .ok()
+        .and_then(|len| len.checked_add(8))
+        .filter(|&end| end <= bytes.len())
+        .ok_or("its header runs past the end of the file")?;
+    Ok((&bytes[8..end], &bytes[end..]))
 }
 
 /// Load weights from `path` into `module`, which must have exactly the same structure, cast to
@@ -89,15 +100,7 @@ pub fn load_weights<M: Module + ModuleSnapshot>(
 /// The tensors a safetensors file holds, by name, with their shapes (read from its header).
 fn header_shapes(bytes: &[u8], path: &Path) -> Result<BTreeMap<String, Vec<usize>>> {
     let bad = |why: &str| Error::file(path, format!("not a safetensors file: {why}"));
-    let len = bytes
-        .get(..8)
-        .and_then(|b| b.try_into().ok())
-        .map(u64::from_le_bytes)
-        .ok_or_else(|| bad("shorter than its 8-byte header length"))?;
-    let header = usize::try_from(len)
-        .ok()
-        .and_then(|len| bytes.get(8..8usize.checked_add(len)?))
-        .ok_or_else(|| bad("its header runs past the end of the file"))?;
+    let (header, _) = split_header(bytes).map_err(bad)?;
     let header: BTreeMap<String, serde_json::Value> =
         serde_json::from_slice(header).map_err(|e| bad(&format!("its header is not JSON: {e}")))?;
     Ok(header
