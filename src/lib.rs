@@ -28,6 +28,7 @@ pub mod memory;
 pub mod metrics;
 pub mod models;
 pub mod norm;
+pub mod ops;
 pub mod params;
 pub mod residual;
 pub mod scheme;

@@ -18,6 +18,7 @@
 //! In every mode the running statistics are updated only by the forward pass.
 
 use crate::device::Placement;
+use crate::ops::batch_norm;
 use burn::module::{Module, Param, RunningState};
 use burn::tensor::module::{batch_norm, batch_norm_train};
 use burn::tensor::Tensor;
@@ -162,6 +163,14 @@ pub struct BatchNorm {
     pub epsilon: f64,
 }
 
+fn act<const D: usize>(x: Tensor<D>, relu: bool) -> Tensor<D> {
+    if relu {
+        burn::tensor::activation::relu(x)
+    } else {
+        x
+    }
+}
+
 /// Give `t` the same autodiff context as `like` (mixing contexts in one op is not allowed).
 pub fn like<const D: usize, const E: usize>(t: Tensor<D>, like: &Tensor<E>) -> Tensor<D> {
     if like.is_autodiff() {
@@ -186,10 +195,61 @@ impl BatchNorm {
 
     /// Normalise `x` as the pass in `norm` requires.
     pub fn forward<const D: usize>(&self, x: Tensor<D>, norm: &mut Norm) -> Tensor<D> {
+        self.forward_act(x, norm, false)
+    }
+
+    /// `relu(self.forward(x, norm))`, fused where the device has a kernel for it.
+    pub fn forward_relu<const D: usize>(&self, x: Tensor<D>, norm: &mut Norm) -> Tensor<D> {
+        self.forward_act(x, norm, true)
+    }
+
+    fn forward_act<const D: usize>(&self, x: Tensor<D>, norm: &mut Norm, relu: bool) -> Tensor<D> {
         let (g, b) = (self.gamma.val(), self.beta.val());
         if norm.mode == BnMode::Frozen || norm.phase == Phase::Eval {
-            return self.with_running(x, g, b);
+            return act(self.with_running(x, g, b), relu);
         }
+        if batch_norm::fast_path(&x) {
+            return self.fused(x, [g, b], norm, relu);
+        }
+        act(self.composed(x, [g, b], norm), relu)
+    }
+
+    /// The training-time passes with flex's kernels: statistics, then one normalisation whose
+    /// backward is batch norm's (at the batch statistics) or the straight-through one (at the
+    /// cached statistics), with the ReLU fused.
+    fn fused<const D: usize>(
+        &self,
+        x: Tensor<D>,
+        [g, b]: [Tensor<1>; 2],
+        norm: &mut Norm,
+        relu: bool,
+    ) -> Tensor<D> {
+        let cached = match (norm.phase, norm.mode) {
+            (Phase::Reconstruct | Phase::Vjp, BnMode::Cached) => norm.cached(g.dims()[0]),
+            _ => None,
+        };
+        let (mean, var) = match cached {
+            Some(s) => (like(s.mean, &x), like(s.var, &x)),
+            None => {
+                let (mean, var) = batch_norm::statistics(x.clone());
+                if norm.phase == Phase::Forward {
+                    let count = x.shape().num_elements() / x.dims()[1];
+                    self.update_running(mean.clone(), var.clone(), count);
+                    norm.record(mean.clone(), var.clone());
+                }
+                (mean, var)
+            }
+        };
+        batch_norm::normalize(x, [g, b, mean, var], self.epsilon, relu)
+    }
+
+    /// The same passes composed from burn's ops (every other device).
+    fn composed<const D: usize>(
+        &self,
+        x: Tensor<D>,
+        [g, b]: [Tensor<1>; 2],
+        norm: &mut Norm,
+    ) -> Tensor<D> {
         match (norm.phase, norm.mode) {
             (Phase::Forward, _) => {
                 let count = x.shape().num_elements() / x.dims()[1];

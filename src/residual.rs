@@ -8,6 +8,7 @@
 
 use crate::device::Placement;
 use crate::norm::{BatchNorm, Norm};
+use crate::ops;
 use crate::rng::Rng;
 use burn::module::{Module, Param};
 use burn::tensor::activation::relu;
@@ -156,7 +157,21 @@ impl Conv {
     }
 
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let opts = ConvOptions::new([1, 1], [self.padding, self.padding], [1, 1], 1);
+        self.forward_strided(x, 1)
+    }
+
+    /// The convolution with the given stride. The 3×3 stride-1 "same" case, every residual
+    /// block's, goes through [`ops::conv3x3`] (flex's own kernels); the rest through burn.
+    pub fn forward_strided(&self, x: Tensor<4>, stride: usize) -> Tensor<4> {
+        let [cout, _, kh, kw] = self.weight.dims();
+        if (kh, kw, stride, self.padding) == (3, 3, 1, 1) {
+            let bias = match &self.bias {
+                Some(b) => b.val(),
+                None => Tensor::zeros([cout], (&x.device(), x.dtype())),
+            };
+            return ops::conv3x3(x, self.weight.val(), bias);
+        }
+        let opts = ConvOptions::new([stride, stride], [self.padding, self.padding], [1, 1], 1);
         conv2d(
             x,
             self.weight.val(),
@@ -201,7 +216,7 @@ impl ConvBlockConfig {
 
 impl Residual<4> for ConvBlock {
     fn forward(&self, x: Tensor<4>, norm: &mut Norm) -> Tensor<4> {
-        let h = relu(self.bn1.forward(self.conv1.forward(x), norm));
+        let h = self.bn1.forward_relu(self.conv1.forward(x), norm);
         self.bn2.forward(self.conv2.forward(h), norm)
     }
 

@@ -8,8 +8,8 @@ use crate::residual::Conv;
 use crate::rng::Rng;
 use burn::module::{Module, Param};
 use burn::tensor::activation::relu;
-use burn::tensor::module::{avg_pool2d, conv2d, linear};
-use burn::tensor::ops::{AvgPoolOptions, ConvOptions};
+use burn::tensor::module::{avg_pool2d, linear};
+use burn::tensor::ops::AvgPoolOptions;
 use burn::tensor::{s, Tensor};
 
 /// A convolution with its own stride and padding ([`Conv`] itself always keeps the size).
@@ -36,10 +36,7 @@ impl StridedConv {
     }
 
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let (s, pad) = (self.stride, self.conv.padding);
-        let opts = ConvOptions::new([s, s], [pad, pad], [1, 1], 1);
-        let bias = self.conv.bias.as_ref().map(|b| b.val());
-        conv2d(x, self.conv.weight.val(), bias, opts)
+        self.conv.forward_strided(x, self.stride)
     }
 
     /// Spatial size of the output for an input of size `n`.
@@ -72,7 +69,7 @@ impl Stem {
     }
 
     pub fn forward(&self, x: Tensor<4>, norm: &mut Norm) -> Tensor<4> {
-        relu(self.bn.forward(self.conv.forward(x), norm))
+        self.bn.forward_relu(self.conv.forward(x), norm)
     }
 }
 
@@ -135,7 +132,7 @@ impl BasicBlock {
 
     /// The residual branch g(x) alone.
     pub fn residual(&self, x: Tensor<4>, norm: &mut Norm) -> Tensor<4> {
-        let h = relu(self.bn1.forward(self.conv1.forward(x), norm));
+        let h = self.bn1.forward_relu(self.conv1.forward(x), norm);
         self.bn2.forward(self.conv2.forward(h), norm)
     }
 }
@@ -202,8 +199,8 @@ impl BottleneckBlock {
             Some(d) => d.forward(x.clone(), norm),
             None => x.clone(),
         };
-        let h = relu(self.bn1.forward(self.conv1.forward(x), norm));
-        let h = relu(self.bn2.forward(self.conv2.forward(h), norm));
+        let h = self.bn1.forward_relu(self.conv1.forward(x), norm);
+        let h = self.bn2.forward_relu(self.conv2.forward(h), norm);
         relu(self.bn3.forward(self.conv3.forward(h), norm) + shortcut)
     }
 }

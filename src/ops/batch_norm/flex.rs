@@ -1,0 +1,106 @@
+//! flex's side of the batch-norm ops: borrow the storage, run [`super::kernel`], wrap.
+//! [`super::fast_path`] admits only f32 and f64 tensors, so the dtype is one of those.
+
+use super::kernel::{self, Float, Layout};
+use burn::backend::flex::FlexTensor;
+use burn::backend::TensorMetadata;
+use burn::tensor::{DType, Element, TensorData};
+use std::borrow::Cow;
+
+fn layout(x: &FlexTensor) -> Layout {
+    let shape = x.shape();
+    let (n, c) = (shape[0], shape[1]);
+    Layout {
+        n,
+        c,
+        inner: shape.num_elements() / (n * c).max(1),
+    }
+}
+
+fn values<T: Float + Element + bytemuck::Pod>(t: &FlexTensor) -> Cow<'_, [T]> {
+    match t.as_slice::<T>() {
+        Some(s) => Cow::Borrowed(s),
+        None => Cow::Owned(t.to_contiguous().as_slice::<T>().unwrap_or(&[]).to_vec()),
+    }
+}
+
+fn tensor<T: Float + Element>(values: Vec<T>, shape: Vec<usize>) -> FlexTensor {
+    FlexTensor::from_data(TensorData::new(values, shape))
+}
+
+fn stats<T: Float + Element + bytemuck::Pod>(x: &FlexTensor) -> (FlexTensor, FlexTensor) {
+    let l = layout(x);
+    let (mean, var) = kernel::statistics(l, &values::<T>(x));
+    (tensor(mean, vec![l.c]), tensor(var, vec![l.c]))
+}
+
+pub(super) fn statistics(x: FlexTensor) -> (FlexTensor, FlexTensor) {
+    match x.dtype() {
+        DType::F64 => stats::<f64>(&x),
+        _ => stats::<f32>(&x),
+    }
+}
+
+fn norm<T: Float + Element + bytemuck::Pod>(
+    x: &FlexTensor,
+    [gamma, beta, mean, var]: &[FlexTensor; 4],
+    epsilon: f64,
+    relu: bool,
+) -> FlexTensor {
+    let l = layout(x);
+    let y = kernel::normalize(
+        l,
+        &values::<T>(x),
+        &values(gamma),
+        &values(beta),
+        &values(mean),
+        &values(var),
+        epsilon,
+        relu,
+    );
+    tensor(y, x.shape().to_vec())
+}
+
+pub(super) fn normalize(x: FlexTensor, p: [FlexTensor; 4], epsilon: f64, relu: bool) -> FlexTensor {
+    match x.dtype() {
+        DType::F64 => norm::<f64>(&x, &p, epsilon, relu),
+        _ => norm::<f32>(&x, &p, epsilon, relu),
+    }
+}
+
+fn back<T: Float + Element + bytemuck::Pod>(
+    x: &FlexTensor,
+    [gamma, mean, var, y, grad]: &[FlexTensor; 5],
+    epsilon: f64,
+    relu: bool,
+) -> (FlexTensor, FlexTensor, FlexTensor) {
+    let l = layout(x);
+    let (dx, dg, db) = kernel::backward(
+        l,
+        &values::<T>(x),
+        &values(gamma),
+        &values(mean),
+        &values(var),
+        &values(y),
+        &values(grad),
+        epsilon,
+        relu,
+    );
+    (
+        tensor(dx, x.shape().to_vec()),
+        tensor(dg, vec![l.c]),
+        tensor(db, vec![l.c]),
+    )
+}
+
+pub(super) fn backward(
+    x: FlexTensor,
+    p: [FlexTensor; 5],
+    epsilon: f64,
+    relu: bool,
+) -> (FlexTensor, FlexTensor, FlexTensor) {
+    match x.dtype() {
+        DType::F64 => back::<f64>(&x, &p, epsilon, relu),
+        _ => back::<f32>(&x, &p, epsilon, relu),
+    }
+}

@@ -1,0 +1,232 @@
+//! Batch normalisation (optionally fused with the ReLU that follows it) as a burn backend
+//! extension with flex kernels ([`kernel`]): statistics, normalisation with given statistics,
+//! and one backward that serves both the ordinary training forward and the adjoint's
+//! straight-through `cached` evaluation (see [`kernel`] and `norm.rs`).
+//!
+//! Only flex has a fast path here; [`fast_path`] says whether a tensor can take it, and
+//! `norm.rs` keeps burn's composition (its `batch_norm_train`, `batch_norm` and tensor ops) as
+//! the default everywhere else, so LibTorch and CubeCL run what they ran before.
+
+mod flex;
+pub mod kernel;
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::autodiff::{Autodiff, NodeId};
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{backend_extension, Backend, Dispatch};
+use burn::tensor::{DType, Device, Tensor};
+
+/// Per-channel statistics, normalisation and its backward.
+#[backend_extension(Flex, Autodiff)]
+pub trait BatchNormOps: Backend {
+    /// Batch mean and biased variance over every dimension but 1 (no gradient).
+    fn bn_statistics(x: FloatTensor<Self>) -> (FloatTensor<Self>, FloatTensor<Self>);
+
+    /// `γ (x − mean)/√(var + ε) + β` per channel, then `max(·, 0)` if `relu`; differentiated
+    /// with respect to `x` as batch normalisation at `x`'s own statistics (and to γ, β).
+    #[allow(clippy::too_many_arguments)]
+    fn bn_normalize(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        mean: FloatTensor<Self>,
+        var: FloatTensor<Self>,
+        epsilon: f64,
+        relu: bool,
+    ) -> FloatTensor<Self>;
+
+    /// `(dx, dγ, dβ)` of [`BatchNormOps::bn_normalize`], given its output `y` (the ReLU's mask).
+    #[allow(clippy::too_many_arguments)]
+    fn bn_backward(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        mean: FloatTensor<Self>,
+        var: FloatTensor<Self>,
+        y: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        epsilon: f64,
+        relu: bool,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
+}
+
+impl BatchNormOps for burn::backend::Flex {
+    fn bn_statistics(x: FloatTensor<Self>) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        flex::statistics(x)
+    }
+
+    fn bn_normalize(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        mean: FloatTensor<Self>,
+        var: FloatTensor<Self>,
+        epsilon: f64,
+        relu: bool,
+    ) -> FloatTensor<Self> {
+        flex::normalize(x, [gamma, beta, mean, var], epsilon, relu)
+    }
+
+    fn bn_backward(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        mean: FloatTensor<Self>,
+        var: FloatTensor<Self>,
+        y: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        epsilon: f64,
+        relu: bool,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        flex::backward(x, [gamma, mean, var, y, grad], epsilon, relu)
+    }
+}
+
+#[derive(Debug)]
+struct NormalizeBackward;
+
+/// What the backward keeps: the checkpointed `x` and γ, the statistics used, the output (only
+/// when a ReLU's mask is needed), ε and whether there is a ReLU.
+type NormalizeState<B> = (
+    NodeId,
+    NodeId,
+    FloatTensor<B>,
+    FloatTensor<B>,
+    Option<FloatTensor<B>>,
+    f64,
+    bool,
+);
+
+impl<B: Backend + BatchNormOps> Backward<B, 3> for NormalizeBackward {
+    type State = NormalizeState<B>;
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, cp: &mut Checkpointer) {
+        let [node_x, node_gamma, node_beta] = ops.parents;
+        let grad = grads.consume::<B>(&ops.node);
+        let (x_state, gamma_state, mean, var, y, epsilon, relu) = ops.state;
+        let x = cp.retrieve_node_output::<FloatTensor<B>>(x_state);
+        let gamma = cp.retrieve_node_output::<FloatTensor<B>>(gamma_state);
+        // Without a ReLU the output is not read: pass the gradient in its place.
+        let y = y.unwrap_or_else(|| grad.clone());
+        let (dx, dgamma, dbeta) = B::bn_backward(x, gamma, mean, var, y, grad, epsilon, relu);
+        for (node, g) in [(node_x, dx), (node_gamma, dgamma), (node_beta, dbeta)] {
+            if let Some(node) = node {
+                grads.register::<B>(node.id, g);
+            }
+        }
+    }
+}
+
+impl<B: Backend + BatchNormOps, C: CheckpointStrategy> BatchNormOps for Autodiff<B, C> {
+    fn bn_statistics(x: FloatTensor<Self>) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let (mean, var) = B::bn_statistics(x.into_primitive());
+        (
+            FloatTensor::<Self>::new(mean),
+            FloatTensor::<Self>::new(var),
+        )
+    }
+
+    fn bn_normalize(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        mean: FloatTensor<Self>,
+        var: FloatTensor<Self>,
+        epsilon: f64,
+        relu: bool,
+    ) -> FloatTensor<Self> {
+        let (mean, var) = (mean.into_primitive(), var.into_primitive());
+        match NormalizeBackward
+            .prepare::<C>([x.node(), gamma.node(), beta.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(mut prep) => {
+                let (x_state, gamma_state) = (prep.checkpoint(&x), prep.checkpoint(&gamma));
+                let y = B::bn_normalize(
+                    x.into_primitive(),
+                    gamma.into_primitive(),
+                    beta.into_primitive(),
+                    mean.clone(),
+                    var.clone(),
+                    epsilon,
+                    relu,
+                );
+                let kept = relu.then(|| y.clone());
+                let state = (x_state, gamma_state, mean, var, kept, epsilon, relu);
+                prep.finish(state, y)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::bn_normalize(
+                x.into_primitive(),
+                gamma.into_primitive(),
+                beta.into_primitive(),
+                mean,
+                var,
+                epsilon,
+                relu,
+            )),
+        }
+    }
+
+    /// Values only (never differentiated again).
+    fn bn_backward(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        mean: FloatTensor<Self>,
+        var: FloatTensor<Self>,
+        y: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        epsilon: f64,
+        relu: bool,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let (dx, dg, db) = B::bn_backward(
+            x.into_primitive(),
+            gamma.into_primitive(),
+            mean.into_primitive(),
+            var.into_primitive(),
+            y.into_primitive(),
+            grad.into_primitive(),
+            epsilon,
+            relu,
+        );
+        (
+            FloatTensor::<Self>::new(dx),
+            FloatTensor::<Self>::new(dg),
+            FloatTensor::<Self>::new(db),
+        )
+    }
+}
+
+/// Whether `x` can take the flex kernels: it lives on flex (with or without autodiff) in f32 or
+/// f64. Everything else keeps burn's composition.
+pub fn fast_path<const D: usize>(x: &Tensor<D>) -> bool {
+    let device = x.device();
+    let flex = device == Device::flex() || device == Device::flex().autodiff();
+    flex && matches!(x.dtype(), DType::F32 | DType::F64)
+}
+
+/// Batch mean and biased variance per channel (dimension 1), without a graph.
+pub fn statistics<const D: usize>(x: Tensor<D>) -> (Tensor<1>, Tensor<1>) {
+    let (mean, var) = <Dispatch as BatchNormOps>::bn_statistics(x.into_dispatch());
+    (Tensor::from_dispatch(mean), Tensor::from_dispatch(var))
+}
+
+/// `γ (x − mean)/√(var + ε) + β` (then the ReLU if `relu`), differentiated as batch
+/// normalisation at `x`'s own statistics.
+pub fn normalize<const D: usize>(
+    x: Tensor<D>,
+    [gamma, beta, mean, var]: [Tensor<1>; 4],
+    epsilon: f64,
+    relu: bool,
+) -> Tensor<D> {
+    Tensor::from_dispatch(<Dispatch as BatchNormOps>::bn_normalize(
+        x.into_dispatch(),
+        gamma.into_dispatch(),
+        beta.into_dispatch(),
+        mean.into_dispatch(),
+        var.into_dispatch(),
+        epsilon,
+        relu,
+    ))
+}

@@ -1,0 +1,99 @@
+//! flex's side of `conv3x3`: borrow the tensors' storage, run [`super::kernel`], wrap the result.
+//! Half precision (which the kernels do not cover) falls back to burn-flex's own ops.
+
+use super::kernel::{self, Real, Shape};
+use super::same;
+use burn::backend::flex::FlexTensor;
+use burn::backend::ops::{FloatTensorOps, ModuleOps};
+use burn::backend::{Flex, TensorMetadata};
+use burn::tensor::{DType, Element, TensorData};
+use std::borrow::Cow;
+
+fn shape(x: &FlexTensor, weight: &FlexTensor) -> Shape {
+    let (xs, ws) = (x.shape(), weight.shape());
+    Shape {
+        batch: xs[0],
+        cin: xs[1],
+        cout: ws[0],
+        h: xs[2],
+        w: xs[3],
+    }
+}
+
+/// The values of a float tensor in row-major order (copied only when not contiguous).
+fn values<T: Real + Element + bytemuck::Pod>(t: &FlexTensor) -> Cow<'_, [T]> {
+    match t.as_slice::<T>() {
+        Some(s) => Cow::Borrowed(s),
+        None => Cow::Owned(t.to_contiguous().as_slice::<T>().unwrap_or(&[]).to_vec()),
+    }
+}
+
+fn tensor<T: Real + Element>(values: Vec<T>, shape: Vec<usize>) -> FlexTensor {
+    FlexTensor::from_data(TensorData::new(values, shape))
+}
+
+fn forward<T: Real + Element + bytemuck::Pod>(
+    x: &FlexTensor,
+    weight: &FlexTensor,
+    bias: &FlexTensor,
+) -> FlexTensor {
+    let s = shape(x, weight);
+    let y = kernel::forward(s, &values::<T>(x), &values(weight), Some(&values(bias)));
+    tensor(y, vec![s.batch, s.cout, s.h, s.w])
+}
+
+pub(super) fn conv3x3(x: FlexTensor, weight: FlexTensor, bias: FlexTensor) -> FlexTensor {
+    match x.dtype() {
+        DType::F32 => forward::<f32>(&x, &weight, &bias),
+        DType::F64 => forward::<f64>(&x, &weight, &bias),
+        _ => Flex::conv2d(x, weight, Some(bias), same()),
+    }
+}
+
+fn x_grad<T: Real + Element + bytemuck::Pod>(
+    x: &FlexTensor,
+    weight: &FlexTensor,
+    grad: &FlexTensor,
+) -> FlexTensor {
+    let s = shape(x, weight);
+    let dx = kernel::input_grad(s, &values::<T>(weight), &values(grad));
+    tensor(dx, vec![s.batch, s.cin, s.h, s.w])
+}
+
+pub(super) fn x_backward(x: FlexTensor, weight: FlexTensor, grad: FlexTensor) -> FlexTensor {
+    match x.dtype() {
+        DType::F32 => x_grad::<f32>(&x, &weight, &grad),
+        DType::F64 => x_grad::<f64>(&x, &weight, &grad),
+        _ => Flex::conv2d_x_backward(x, weight, grad, same()),
+    }
+}
+
+fn params_grad<T: Real + Element + bytemuck::Pod>(
+    x: &FlexTensor,
+    weight: &FlexTensor,
+    grad: &FlexTensor,
+) -> FlexTensor {
+    let s = shape(x, weight);
+    let (mut dw, db) = kernel::weight_grad(s, &values::<T>(x), &values(grad));
+    dw.extend(db);
+    let n = dw.len();
+    tensor(dw, vec![n])
+}
+
+pub(super) fn params_backward(
+    x: FlexTensor,
+    weight: FlexTensor,
+    bias: FlexTensor,
+    grad: FlexTensor,
+) -> FlexTensor {
+    match x.dtype() {
+        DType::F32 => params_grad::<f32>(&x, &weight, &grad),
+        DType::F64 => params_grad::<f64>(&x, &weight, &grad),
+        _ => {
+            let dw = Flex::conv2d_weight_backward(x.clone(), weight, grad.clone(), same());
+            let db = Flex::conv2d_bias_backward(x, bias, grad);
+            let n = dw.shape().num_elements();
+            Flex::float_cat(vec![Flex::float_reshape(dw, [n].into()), db], 0)
+        }
+    }
+}

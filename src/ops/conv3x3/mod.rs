@@ -1,0 +1,205 @@
+//! `conv3x3`: the 3×3 convolution with stride 1 and padding 1 of every residual block, as a
+//! burn backend extension: burn's own `conv2d` (and its backward) on every backend but flex,
+//! where [`kernel`]'s im2col + GEMM kernels replace it, forward and backward.
+//!
+//! The trait's default bodies compose burn's module ops, so LibTorch and CubeCL run exactly what
+//! they ran before; `Autodiff` gets a handwritten backward (modelled on burn-autodiff's
+//! `conv2d`) that calls the backend's own `conv3x3_*_backward`, which is where flex's kernels
+//! come in.
+
+mod flex;
+pub mod kernel;
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::autodiff::{Autodiff, NodeId};
+use burn::backend::ops::ConvOptions;
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{backend_extension, Backend, Dispatch, Slice, TensorMetadata};
+use burn::tensor::Tensor;
+
+/// Stride 1, padding 1, no dilation, one group.
+fn same() -> ConvOptions<2> {
+    ConvOptions::new([1, 1], [1, 1], [1, 1], 1)
+}
+
+/// The 3×3 "same" convolution and its backward, per backend.
+#[backend_extension(
+    Flex,
+    LibTorch: cfg(feature = "tch"),
+    Cube: cfg(any(feature = "cuda", feature = "vulkan")),
+    Autodiff
+)]
+pub trait Conv3x3Ops: Backend {
+    /// burn's `conv2d` with stride 1 and padding 1; `weight` is `[Cout, Cin, 3, 3]`.
+    fn conv3x3(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        Self::conv2d(x, weight, Some(bias), same())
+    }
+
+    /// The gradient with respect to `x` of `⟨grad, conv3x3(x, weight, ·)⟩`.
+    fn conv3x3_x_backward(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        Self::conv2d_x_backward(x, weight, grad, same())
+    }
+
+    /// The gradients with respect to `weight` and `bias`, returned concatenated (`Cout·Cin·9`
+    /// weight values, then `Cout` bias values): an extension op returns whole tensors, and flex
+    /// computes both in one pass over the images.
+    fn conv3x3_params_backward(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        let dw = Self::conv2d_weight_backward(x.clone(), weight, grad.clone(), same());
+        let db = Self::conv2d_bias_backward(x, bias, grad);
+        let n = dw.shape().num_elements();
+        Self::float_cat(vec![Self::float_reshape(dw, [n].into()), db], 0)
+    }
+}
+
+impl Conv3x3Ops for burn::backend::Flex {
+    fn conv3x3(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        flex::conv3x3(x, weight, bias)
+    }
+
+    fn conv3x3_x_backward(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        flex::x_backward(x, weight, grad)
+    }
+
+    fn conv3x3_params_backward(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        flex::params_backward(x, weight, bias, grad)
+    }
+}
+
+#[cfg(feature = "tch")]
+impl Conv3x3Ops for burn::backend::LibTorch {}
+
+#[cfg(any(feature = "cuda", feature = "vulkan"))]
+impl Conv3x3Ops for burn::backend::cubecl::CubeBackend {}
+
+#[derive(Debug)]
+struct Conv3x3Backward;
+
+impl<B: Backend + Conv3x3Ops> Backward<B, 3> for Conv3x3Backward {
+    type State = (NodeId, NodeId, NodeId);
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, cp: &mut Checkpointer) {
+        let [node_x, node_weight, node_bias] = ops.parents;
+        let grad = grads.consume::<B>(&ops.node);
+        let (x_state, weight_state, bias_state) = ops.state;
+        let x = cp.retrieve_node_output::<FloatTensor<B>>(x_state);
+        let weight = cp.retrieve_node_output::<FloatTensor<B>>(weight_state);
+        let bias = cp.retrieve_node_output::<FloatTensor<B>>(bias_state);
+        if let Some(node) = node_x {
+            let dx = B::conv3x3_x_backward(x.clone(), weight.clone(), grad.clone());
+            grads.register::<B>(node.id, dx);
+        }
+        if node_weight.is_none() && node_bias.is_none() {
+            return;
+        }
+        let shape = weight.shape();
+        let (n, cout) = (shape.num_elements(), shape[0]);
+        let both = B::conv3x3_params_backward(x, weight, bias, grad);
+        if let Some(node) = node_weight {
+            let dw = B::float_slice(both.clone(), &[Slice::from(0..n)]);
+            grads.register::<B>(node.id, B::float_reshape(dw, shape));
+        }
+        if let Some(node) = node_bias {
+            grads.register::<B>(node.id, B::float_slice(both, &[Slice::from(n..n + cout)]));
+        }
+    }
+}
+
+impl<B: Backend + Conv3x3Ops, C: CheckpointStrategy> Conv3x3Ops for Autodiff<B, C> {
+    fn conv3x3(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        match Conv3x3Backward
+            .prepare::<C>([x.node(), weight.node(), bias.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(mut prep) => {
+                let state = (
+                    prep.checkpoint(&x),
+                    prep.checkpoint(&weight),
+                    prep.checkpoint(&bias),
+                );
+                let y = B::conv3x3(
+                    x.into_primitive(),
+                    weight.into_primitive(),
+                    bias.into_primitive(),
+                );
+                prep.finish(state, y)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::conv3x3(
+                x.into_primitive(),
+                weight.into_primitive(),
+                bias.into_primitive(),
+            )),
+        }
+    }
+
+    /// Values only (not differentiated again): the models never take second derivatives.
+    fn conv3x3_x_backward(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        FloatTensor::<Self>::new(B::conv3x3_x_backward(
+            x.into_primitive(),
+            weight.into_primitive(),
+            grad.into_primitive(),
+        ))
+    }
+
+    /// Values only, as above.
+    fn conv3x3_params_backward(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        FloatTensor::<Self>::new(B::conv3x3_params_backward(
+            x.into_primitive(),
+            weight.into_primitive(),
+            bias.into_primitive(),
+            grad.into_primitive(),
+        ))
+    }
+}
+
+/// burn's `conv2d(x, weight, bias)` with stride 1 and padding 1 for a `[Cout, Cin, 3, 3]`
+/// weight, on whatever device `x` lives (flex's own kernels there).
+pub fn conv3x3(x: Tensor<4>, weight: Tensor<4>, bias: Tensor<1>) -> Tensor<4> {
+    Tensor::from_dispatch(<Dispatch as Conv3x3Ops>::conv3x3(
+        x.into_dispatch(),
+        weight.into_dispatch(),
+        bias.into_dispatch(),
+    ))
+}

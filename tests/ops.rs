@@ -1,0 +1,209 @@
+//! The hand-written ops of `src/ops/` against burn's composition on flex, forward and backward,
+//! in f32 and f64, on odd shapes (batch 1, 1×1 maps, channel counts that are not multiples of
+//! 16): a fast path must compute what the composed default computes.
+
+use burn::tensor::module::conv2d;
+use burn::tensor::ops::ConvOptions;
+use burn::tensor::Tensor;
+use resnet_ode::device::{to_vec, Placement, Precision};
+use resnet_ode::ops::conv3x3;
+use resnet_ode::rng::Rng;
+
+/// Largest |a − b| relative to the largest |b|, or to 1 (the inputs' scale) when that is smaller:
+/// a gradient that nearly cancels (batch norm over two values) is compared with the size of the
+/// terms that cancel, not with the remainder.
+fn rel_diff(a: &[f64], b: &[f64]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    let scale = b.iter().fold(1f64, |m, v| m.max(v.abs()));
+    a.iter().zip(b).fold(0f64, |m, (p, q)| m.max((p - q).abs())) / scale
+}
+
+fn random<const D: usize>(p: &Placement, rng: &mut Rng, shape: [usize; D]) -> Tensor<D> {
+    p.tensor(rng.normals(shape.iter().product()), shape)
+}
+
+type Conv = fn(Tensor<4>, Tensor<4>, Tensor<1>) -> Tensor<4>;
+
+fn composed(x: Tensor<4>, w: Tensor<4>, b: Tensor<1>) -> Tensor<4> {
+    conv2d(x, w, Some(b), ConvOptions::new([1, 1], [1, 1], [1, 1], 1))
+}
+
+/// Output, then the gradients of `Σ r ⊙ conv(x, w, b)` with respect to x, w and b.
+fn value_and_grads(
+    p: &Placement,
+    inputs: [&[f64]; 4],
+    shapes: [[usize; 4]; 3],
+    conv: Conv,
+) -> [Vec<f64>; 4] {
+    let [xs, ws, ys] = shapes;
+    let x = p.tensor(inputs[0].to_vec(), xs).require_grad();
+    let w = p.tensor(inputs[1].to_vec(), ws).require_grad();
+    let b = p.tensor(inputs[2].to_vec(), [ws[0]]).require_grad();
+    let r = p.tensor(inputs[3].to_vec(), ys);
+    let y = conv(x.clone(), w.clone(), b.clone());
+    let grads = (y.clone() * r).sum().backward();
+    let grad = |t: Option<Tensor<4>>| t.map(|t| to_vec(&t)).unwrap_or_default();
+    [
+        to_vec(&y),
+        grad(x.grad(&grads)),
+        grad(w.grad(&grads)),
+        b.grad(&grads).map(|t| to_vec(&t)).unwrap_or_default(),
+    ]
+}
+
+#[test]
+fn conv3x3_matches_burns_conv2d_forward_and_backward() {
+    // (batch, cin, cout, h, w)
+    let shapes = [
+        (4, 16, 16, 10, 10),
+        (1, 3, 5, 7, 6),
+        (2, 1, 1, 1, 1),
+        (3, 17, 9, 4, 1),
+        (5, 24, 40, 3, 8),
+    ];
+    for precision in [Precision::F32, Precision::F64] {
+        let p = Placement::flex(precision);
+        // f32 GEMMs sum in another order than burn's: rounding of a few ulps of the sums.
+        let tol = if precision == Precision::F32 {
+            2e-5
+        } else {
+            1e-12
+        };
+        for (i, &(n, cin, cout, h, w)) in shapes.iter().enumerate() {
+            let mut rng = Rng::new(i as u64);
+            let (xs, ws, ys) = ([n, cin, h, w], [cout, cin, 3, 3], [n, cout, h, w]);
+            let data = [
+                rng.normals(n * cin * h * w),
+                rng.normals(cout * cin * 9),
+                rng.normals(cout),
+                rng.normals(n * cout * h * w),
+            ];
+            let inputs = [&data[0][..], &data[1][..], &data[2][..], &data[3][..]];
+            let fast = value_and_grads(&p, inputs, [xs, ws, ys], conv3x3);
+            let slow = value_and_grads(&p, inputs, [xs, ws, ys], composed);
+            for (what, (a, b)) in ["y", "dx", "dw", "db"].iter().zip(fast.iter().zip(&slow)) {
+                assert!(!b.is_empty(), "{what} missing");
+                let d = rel_diff(a, b);
+                assert!(
+                    d <= tol,
+                    "{precision} {:?} {what}: {d:e}",
+                    (n, cin, cout, h, w)
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn conv3x3_is_deterministic() {
+    let p = Placement::flex(Precision::F32);
+    let mut rng = Rng::new(7);
+    let x = random(&p, &mut rng, [33, 16, 10, 10]).require_grad();
+    let w = random(&p, &mut rng, [16, 16, 3, 3]).require_grad();
+    let b = random(&p, &mut rng, [16]).require_grad();
+    let run = || {
+        let y = conv3x3(x.clone(), w.clone(), b.clone());
+        let grads = (y.clone() * y.clone()).sum().backward();
+        let w_grad = w.grad(&grads).map(|t| to_vec(&t)).unwrap_or_default();
+        (to_vec(&y), w_grad)
+    };
+    let first = run();
+    for _ in 0..3 {
+        assert!(run() == first, "same inputs, different bits");
+    }
+}
+
+/// The cached-statistics evaluation of `norm.rs` composed from tensor ops: value normalised with
+/// `(mc, vc)`, derivative of batch normalisation at `x`.
+fn straight_through(
+    x: Tensor<4>,
+    g: Tensor<1>,
+    b: Tensor<1>,
+    mc: Tensor<1>,
+    vc: Tensor<1>,
+) -> Tensor<4> {
+    let c = x.dims()[1];
+    let mean = x.clone().mean_dims(&[0, 2, 3]);
+    let centered = x - mean.clone();
+    let var = centered.clone().square().mean_dims(&[0, 2, 3]);
+    let centered = centered + mean.detach() - mc.reshape([1, c, 1, 1]);
+    let var = var.clone() - var.detach() + vc.reshape([1, c, 1, 1]);
+    centered / (var + 1e-5).sqrt() * g.reshape([1, c, 1, 1]) + b.reshape([1, c, 1, 1])
+}
+
+#[test]
+fn batch_norm_kernels_match_burns_composition() {
+    use burn::tensor::activation::relu;
+    use burn::tensor::module::batch_norm_train;
+    use resnet_ode::ops::batch_norm::{fast_path, normalize, statistics};
+    let shapes = [[6, 16, 10, 10], [1, 3, 2, 5], [2, 1, 1, 1], [5, 17, 3, 1]];
+    for precision in [Precision::F32, Precision::F64] {
+        let p = Placement::flex(precision);
+        let tol = if precision == Precision::F32 {
+            2e-5
+        } else {
+            1e-11
+        };
+        for (i, &shape) in shapes.iter().enumerate() {
+            let c = shape[1];
+            let mut rng = Rng::new(10 + i as u64);
+            let x0 = random(&p, &mut rng, shape);
+            let (g0, b0) = (random(&p, &mut rng, [c]), random(&p, &mut rng, [c]));
+            let (mc, vc) = (
+                random(&p, &mut rng, [c]),
+                random(&p, &mut rng, [c]).abs() + 0.5,
+            );
+            let r = random(&p, &mut rng, shape);
+            assert!(fast_path(&x0), "flex tensors take the kernels");
+            // (name, fast, composed) as functions of (x, γ, β).
+            type Bn = Box<dyn Fn(Tensor<4>, Tensor<1>, Tensor<1>) -> Tensor<4>>;
+            let (mc2, vc2, mc3, vc3) = (mc.clone(), vc.clone(), mc.clone(), vc.clone());
+            let cases: Vec<(&str, Bn, Bn)> = vec![
+                (
+                    "batch statistics + relu",
+                    Box::new(|x, g, b| {
+                        let (m, v) = statistics(x.clone());
+                        normalize(x, [g, b, m, v], 1e-5, true)
+                    }),
+                    Box::new(|x, g, b| relu(batch_norm_train(x, g, b, 1e-5).output)),
+                ),
+                (
+                    "batch statistics",
+                    Box::new(|x, g, b| {
+                        let (m, v) = statistics(x.clone());
+                        normalize(x, [g, b, m, v], 1e-5, false)
+                    }),
+                    Box::new(|x, g, b| batch_norm_train(x, g, b, 1e-5).output),
+                ),
+                (
+                    "cached statistics (straight-through)",
+                    Box::new(move |x, g, b| {
+                        normalize(x, [g, b, mc2.clone(), vc2.clone()], 1e-5, false)
+                    }),
+                    Box::new(move |x, g, b| straight_through(x, g, b, mc3.clone(), vc3.clone())),
+                ),
+            ];
+            for (name, fast, slow) in &cases {
+                let eval = |f: &Bn| {
+                    let (x, g, b) = (
+                        x0.clone().require_grad(),
+                        g0.clone().require_grad(),
+                        b0.clone().require_grad(),
+                    );
+                    let y = f(x.clone(), g.clone(), b.clone());
+                    let grads = (y.clone() * r.clone()).sum().backward();
+                    let gx = x.grad(&grads).map(|t| to_vec(&t)).unwrap_or_default();
+                    let gg = g.grad(&grads).map(|t| to_vec(&t)).unwrap_or_default();
+                    let gb = b.grad(&grads).map(|t| to_vec(&t)).unwrap_or_default();
+                    [to_vec(&y), gx, gg, gb]
+                };
+                let (a, e) = (eval(fast), eval(slow));
+                for (what, (u, v)) in ["y", "dx", "dγ", "dβ"].iter().zip(a.iter().zip(&e)) {
+                    assert!(!v.is_empty(), "{name}: {what} missing");
+                    let d = rel_diff(u, v);
+                    assert!(d <= tol, "{precision} {shape:?} {name} {what}: {d:e}");
+                }
+            }
+        }
+    }
+}
