@@ -58,17 +58,52 @@ impl Layout {
     }
 }
 
+/// Lanes of the f64 sums: independent accumulators the compiler can keep in vector registers
+/// (a single accumulator serialises every addition). The order is fixed, so results are too.
+const LANES: usize = 8;
+
+/// `Σ f(a_i, b_i, c_i)` of three equally long runs, for `K` sums at once, in [`LANES`]
+/// interleaved f64 accumulators per sum.
+fn lane_sums<T: Float, const K: usize>(
+    (a, b, c): (&[T], &[T], &[T]),
+    f: impl Fn(T, T, T) -> [f64; K],
+) -> [f64; K] {
+    let mut acc = [[0f64; LANES]; K];
+    let chunks = a
+        .chunks_exact(LANES)
+        .zip(b.chunks_exact(LANES))
+        .zip(c.chunks_exact(LANES));
+    for ((ac, bc), cc) in chunks {
+        for l in 0..LANES {
+            let v = f(ac[l], bc[l], cc[l]);
+            for k in 0..K {
+                acc[k][l] += v[k];
+            }
+        }
+    }
+    let full = a.len() - a.len() % LANES;
+    for (l, ((&x, &y), &z)) in a[full..].iter().zip(&b[full..]).zip(&c[full..]).enumerate() {
+        let v = f(x, y, z);
+        for k in 0..K {
+            acc[k][l] += v[k];
+        }
+    }
+    acc.map(|lanes| lanes.iter().sum())
+}
+
 /// Batch mean and biased variance of every channel (two passes, f64 sums).
 pub fn statistics<T: Float>(l: Layout, x: &[T]) -> (Vec<T>, Vec<T>) {
     let per: Vec<(f64, f64)> = (0..l.c)
         .into_par_iter()
         .map(|c| {
-            let sum: f64 = l.runs(x, c).flatten().map(|v| v.to_f64()).sum();
+            let sum: f64 = l
+                .runs(x, c)
+                .map(|r| lane_sums((r, r, r), |v, _, _| [v.to_f64()])[0])
+                .sum();
             let mean = sum / l.count();
             let sq: f64 = l
                 .runs(x, c)
-                .flatten()
-                .map(|v| (v.to_f64() - mean).powi(2))
+                .map(|r| lane_sums((r, r, r), |v, _, _| [(v.to_f64() - mean).powi(2)])[0])
                 .sum();
             (mean, sq / l.count())
         })
@@ -101,24 +136,15 @@ pub fn normalize<T: Float>(
             for c in 0..l.c {
                 let scale = gamma[c].to_f64() / (var[c].to_f64() + epsilon).sqrt();
                 let shift = beta[c].to_f64() - mean[c].to_f64() * scale;
-                let (a, b) = (T::from_f64(scale), T::from_f64(shift));
                 let out = &mut y_i[c * inner..][..inner];
                 for (o, &v) in out.iter_mut().zip(&x_i[c * inner..][..inner]) {
-                    let r = mul_add(v, a, b);
-                    // As burn's relu: values ≤ 0 become 0, NaN passes (so divergence stays visible).
-                    *o = if relu && r.to_f64() <= 0.0 {
-                        T::default()
-                    } else {
-                        r
-                    };
+                    let r = v.to_f64() * scale + shift;
+                    // As burn's relu: values ≤ 0 become 0, NaN passes (divergence stays visible).
+                    *o = T::from_f64(if relu && r <= 0.0 { 0.0 } else { r });
                 }
             }
         });
     y
-}
-
-fn mul_add<T: Float>(v: T, a: T, b: T) -> T {
-    T::from_f64(v.to_f64() * a.to_f64() + b.to_f64())
 }
 
 /// Gradients `(dx, dγ, dβ)` of the normalisation above (see the module docs); `y` is its output,
@@ -135,47 +161,64 @@ pub fn backward<T: Float>(
     epsilon: f64,
     relu: bool,
 ) -> (Vec<T>, Vec<T>, Vec<T>) {
-    let active = |out: T| !(relu && out.to_f64() <= 0.0);
+    // The ReLU's derivative as a factor: 0 where the output was clipped (≤ 0), else 1.
+    let pass = |out: T| {
+        if relu && out.to_f64() <= 0.0 {
+            0.0
+        } else {
+            1.0
+        }
+    };
     let m = l.count();
-    let per_channel: Vec<(Vec<T>, T, T)> = (0..l.c)
+    // Per channel: μ of x, Σ dy and Σ dy (x − μ_c) over the units the ReLU passed.
+    let sums: Vec<(f64, f64, f64)> = (0..l.c)
         .into_par_iter()
         .map(|c| {
+            let mu_c = mean[c].to_f64();
+            let (mut sx, mut sd, mut sdx) = (0.0, 0.0, 0.0);
+            for runs in l.runs(x, c).zip(l.runs(y, c)).zip(l.runs(dy, c)) {
+                let ((xr, yr), dr) = runs;
+                let [a, b, c] = lane_sums((xr, yr, dr), |xv, yv, dv| {
+                    let (xv, d) = (xv.to_f64(), dv.to_f64() * pass(yv));
+                    [xv, d, d * (xv - mu_c)]
+                });
+                (sx, sd, sdx) = (sx + a, sd + b, sdx + c);
+            }
+            (sx / m, sd, sdx)
+        })
+        .collect();
+    // dx_i = (γ dy_i − mean(g))/s − (x_i − μ) k, elementwise, image by image.
+    let coef: Vec<[f64; 4]> = (0..l.c)
+        .map(|c| {
             let s = (var[c].to_f64() + epsilon).sqrt();
-            let (mu_c, g) = (mean[c].to_f64(), gamma[c].to_f64());
-            // One pass: μ of x, Σ dy, Σ dy (x − μ_c) over the active units.
-            let (mut sum_x, mut sum_dy, mut sum_dy_xc) = (0.0, 0.0, 0.0);
-            for ((xr, yr), dr) in l.runs(x, c).zip(l.runs(y, c)).zip(l.runs(dy, c)) {
-                for ((&xv, &yv), &dv) in xr.iter().zip(yr).zip(dr) {
-                    let xv = xv.to_f64();
-                    sum_x += xv;
-                    if active(yv) {
-                        let dv = dv.to_f64();
-                        sum_dy += dv;
-                        sum_dy_xc += dv * (xv - mu_c);
-                    }
-                }
-            }
-            let mu = sum_x / m;
-            let (mean_g, k) = (g * sum_dy / m, g * sum_dy_xc / (m * s * s * s));
-            let mut dx = Vec::with_capacity(l.n * l.inner);
-            for ((xr, yr), dr) in l.runs(x, c).zip(l.runs(y, c)).zip(l.runs(dy, c)) {
-                for ((&xv, &yv), &dv) in xr.iter().zip(yr).zip(dr) {
-                    let gi = if active(yv) { g * dv.to_f64() } else { 0.0 };
-                    dx.push(T::from_f64((gi - mean_g) / s - (xv.to_f64() - mu) * k));
-                }
-            }
-            (dx, T::from_f64(sum_dy_xc / s), T::from_f64(sum_dy))
+            let (mu, sd, sdx) = sums[c];
+            let g = gamma[c].to_f64();
+            [g / s, g * sd / (m * s), g * sdx / (m * s * s * s), mu]
         })
         .collect();
     let mut dx = vec![T::default(); x.len()];
-    let mut dgamma = Vec::with_capacity(l.c);
-    let mut dbeta = Vec::with_capacity(l.c);
-    for (c, (d, dg, db)) in per_channel.into_iter().enumerate() {
-        for (i, run) in d.chunks(l.inner.max(1)).enumerate() {
-            dx[i * l.c * l.inner + c * l.inner..][..l.inner].copy_from_slice(run);
-        }
-        dgamma.push(dg);
-        dbeta.push(db);
+    let (stride, inner) = (l.c * l.inner, l.inner);
+    if !x.is_empty() {
+        dx.par_chunks_mut(stride)
+            .zip(x.par_chunks(stride))
+            .zip(y.par_chunks(stride).zip(dy.par_chunks(stride)))
+            .for_each(|((dx_i, x_i), (y_i, dy_i))| {
+                for (c, &[g_s, mean_g_s, k, mu]) in coef.iter().enumerate() {
+                    let r = c * inner..(c + 1) * inner;
+                    let inputs = x_i[r.clone()]
+                        .iter()
+                        .zip(&y_i[r.clone()])
+                        .zip(&dy_i[r.clone()]);
+                    for (o, ((&xv, &yv), &dv)) in dx_i[r].iter_mut().zip(inputs) {
+                        let gi = g_s * dv.to_f64() * pass(yv);
+                        *o = T::from_f64(gi - mean_g_s - (xv.to_f64() - mu) * k);
+                    }
+                }
+            });
     }
+    let dgamma = (0..l.c)
+        .map(|c| T::from_f64(sums[c].2 / (var[c].to_f64() + epsilon).sqrt()))
+        .collect();
+    let dbeta = sums.iter().map(|&(_, sd, _)| T::from_f64(sd)).collect();
     (dx, dgamma, dbeta)
 }

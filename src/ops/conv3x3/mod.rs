@@ -98,7 +98,7 @@ impl Conv3x3Ops for burn::backend::Flex {
 impl Conv3x3Ops for burn::backend::LibTorch {}
 
 #[cfg(any(feature = "cuda", feature = "vulkan"))]
-impl Conv3x3Ops for burn::backend::cubecl::CubeBackend {}
+impl Conv3x3Ops for burn::backend::Cube {}
 
 #[derive(Debug)]
 struct Conv3x3Backward;
