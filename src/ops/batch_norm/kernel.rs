@@ -136,11 +136,16 @@ pub fn normalize<T: Float>(
             for c in 0..l.c {
                 let scale = gamma[c].to_f64() / (var[c].to_f64() + epsilon).sqrt();
                 let shift = beta[c].to_f64() - mean[c].to_f64() * scale;
+                let (a, b) = (T::from_f64(scale), T::from_f64(shift));
                 let out = &mut y_i[c * inner..][..inner];
                 for (o, &v) in out.iter_mut().zip(&x_i[c * inner..][..inner]) {
-                    let r = v.to_f64() * scale + shift;
+                    let r = v * a + b;
                     // As burn's relu: values ≤ 0 become 0, NaN passes (divergence stays visible).
-                    *o = T::from_f64(if relu && r <= 0.0 { 0.0 } else { r });
+                    *o = if relu && r <= T::default() {
+                        T::default()
+                    } else {
+                        r
+                    };
                 }
             }
         });
@@ -203,15 +208,17 @@ pub fn backward<T: Float>(
             .zip(x.par_chunks(stride))
             .zip(y.par_chunks(stride).zip(dy.par_chunks(stride)))
             .for_each(|((dx_i, x_i), (y_i, dy_i))| {
-                for (c, &[g_s, mean_g_s, k, mu]) in coef.iter().enumerate() {
+                for (c, coef) in coef.iter().enumerate() {
+                    let [g_s, mean_g_s, k, mu] = coef.map(T::from_f64);
                     let r = c * inner..(c + 1) * inner;
                     let inputs = x_i[r.clone()]
                         .iter()
                         .zip(&y_i[r.clone()])
                         .zip(&dy_i[r.clone()]);
                     for (o, ((&xv, &yv), &dv)) in dx_i[r].iter_mut().zip(inputs) {
-                        let gi = g_s * dv.to_f64() * pass(yv);
-                        *o = T::from_f64(gi - mean_g_s - (xv.to_f64() - mu) * k);
+                        let active = !(relu && yv <= T::default());
+                        let gi = if active { g_s * dv } else { T::default() };
+                        *o = gi - mean_g_s - (xv - mu) * k;
                     }
                 }
             });
