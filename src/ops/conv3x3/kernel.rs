@@ -63,11 +63,12 @@ impl Shape {
         self.cin * (self.h + 2) * (self.w + 2)
     }
 
-    /// Images per partial sum of the weight gradient: as many as fill about 1 MiB of columns,
-    /// at least one, and at most an eighth of the batch so that both cores get work. Depends on the
-    /// shape only, never on the thread count.
+    /// Images per GEMM (and per partial sum of the weight gradient): as many as fill about
+    /// 1 MiB of columns, at least one, and at most an eighth of the batch so that both cores get
+    /// work. Small maps (10×10: 7 images) would otherwise make GEMMs too small to pay for their
+    /// call and packing. Depends on the shape only, never on the thread count.
     fn images_per_chunk(&self) -> usize {
-        let per_image = (self.taps() * self.pixels() * std::mem::size_of::<f64>()).max(1);
+        let per_image = (self.taps() * self.padded_len() * std::mem::size_of::<f32>()).max(1);
         ((1 << 20) / per_image).clamp(1, self.batch.div_ceil(8).max(1))
     }
 }
@@ -83,17 +84,18 @@ fn pad_image<T: Real>(x: &[T], s: &Shape, pad: &mut [T]) {
     }
 }
 
-/// Unfold a padded image into `cols[9C, L]` with `L = (H − 1)(W + 2) + W`: row `c·9 + ky·3 + kx`
-/// is the padded plane `c` from offset `ky(W + 2) + kx`, so column `q = y(W + 2) + x` holds
-/// `x[c, y + ky − 1, x + kx − 1]` (zero outside the image). Computing in this "padded-width"
-/// geometry makes every row one contiguous copy; the columns with `x ≥ W` are junk that the
-/// callers drop (forward) or multiply by zeros (weight gradient).
-fn im2col<T: Real>(pad: &[T], s: &Shape, cols: &mut [T]) {
+/// Unfold a padded image into its block of `cols[9C, ·]` (row stride `ld`, columns `L =
+/// (H − 1)(W + 2) + W` of this image): row `c·9 + ky·3 + kx` is the padded plane `c` from
+/// offset `ky(W + 2) + kx`, so column `q = y(W + 2) + x` holds `x[c, y + ky − 1, x + kx − 1]`
+/// (zero outside the image). In this "padded-width" geometry every row is one contiguous copy;
+/// the columns with `x ≥ W` are junk that the callers drop (forward) or multiply by zeros
+/// (weight gradient).
+fn im2col<T: Real>(pad: &[T], s: &Shape, cols: &mut [T], ld: usize) {
     let (plane, pw, len) = ((s.h + 2) * (s.w + 2), s.w + 2, s.padded_len());
     for (c, padded) in pad.chunks(plane).enumerate() {
         for t in 0..9 {
             let start = (t / 3) * pw + t % 3;
-            cols[(c * 9 + t) * len..][..len].copy_from_slice(&padded[start..start + len]);
+            cols[(c * 9 + t) * ld..][..len].copy_from_slice(&padded[start..start + len]);
         }
     }
 }
@@ -140,28 +142,37 @@ fn gemm<T: Real>(
     }
 }
 
-/// Scratch buffers of one worker: the padded image, its columns and one GEMM result in the
-/// padded-width geometry. Made once per rayon job (`for_each_init`), not per image: at 32×32
-/// the columns are 0.6 MB, and zeroing a fresh buffer per image cost as much as the GEMM.
+/// Scratch buffers of one worker: a padded image, the columns of a chunk of images side by side
+/// and one GEMM result, all in the padded-width geometry. Made once per rayon job
+/// (`for_each_init`), not per image: at 32×32 the columns are 0.6 MB, and zeroing a fresh
+/// buffer per image cost as much as the GEMM.
 struct Scratch<T> {
     pad: Vec<T>,
     cols: Vec<T>,
     out: Vec<T>,
+    /// Row stride of `cols`: the columns of a full chunk.
+    ld: usize,
 }
 
 impl<T: Real> Scratch<T> {
     fn new(s: &Shape, out_rows: usize) -> Self {
+        let ld = s.images_per_chunk() * s.padded_len();
         Scratch {
             pad: vec![T::default(); s.padded_size()],
-            cols: vec![T::default(); s.taps() * s.padded_len()],
-            out: vec![T::default(); out_rows * s.padded_len()],
+            cols: vec![T::default(); s.taps() * ld],
+            out: vec![T::default(); out_rows * ld],
+            ld,
         }
     }
 
-    /// Pad and unfold one image into `cols`.
-    fn unfold(&mut self, x: &[T], s: &Shape) {
-        pad_image(x, s, &mut self.pad);
-        im2col(&self.pad, s, &mut self.cols);
+    /// Pad and unfold the images of `x` (a chunk) side by side into `cols`; returns their count.
+    fn unfold(&mut self, x: &[T], s: &Shape, cin: usize) -> usize {
+        let (len, image) = (s.padded_len(), cin * s.pixels());
+        for (j, x_n) in x.chunks(image).enumerate() {
+            pad_image(x_n, s, &mut self.pad);
+            im2col(&self.pad, s, &mut self.cols[j * len..], self.ld);
+        }
+        x.len() / image
     }
 }
 
@@ -173,26 +184,24 @@ pub fn forward<T: Real>(s: Shape, x: &[T], weight: &[T], bias: Option<&[T]>) -> 
     if y.is_empty() || s.cin == 0 {
         return y;
     }
-    y.par_chunks_mut(s.cout * hw)
-        .zip(x.par_chunks(s.cin * hw))
+    let per = s.images_per_chunk();
+    y.par_chunks_mut(per * s.cout * hw)
+        .zip(x.par_chunks(per * s.cin * hw))
         .for_each_init(
             || Scratch::new(&s, s.cout),
-            |buf, (y_n, x_n)| {
-                buf.unfold(x_n, &s);
-                let w = (weight, taps, 1);
-                gemm(
-                    (s.cout, len, taps),
-                    &mut buf.out,
-                    false,
-                    w,
-                    (&buf.cols, len, 1),
-                );
+            |buf, (y_chunk, x_chunk)| {
+                let n = buf.unfold(x_chunk, &s, s.cin) * len;
+                let (w, cols) = ((weight, taps, 1), (&buf.cols[..], buf.ld, 1));
+                gemm((s.cout, n, taps), &mut buf.out, false, w, cols);
                 // Drop the junk columns (x ≥ W) and add the bias.
-                for (o, (y_o, out_o)) in y_n.chunks_mut(hw).zip(buf.out.chunks(len)).enumerate() {
-                    let b = bias.map_or(T::default(), |b| b[o]);
-                    for (row, src) in y_o.chunks_mut(s.w).zip(out_o.chunks(s.w + 2)) {
-                        for (v, &u) in row.iter_mut().zip(src) {
-                            *v = u + b;
+                for (j, y_n) in y_chunk.chunks_mut(s.cout * hw).enumerate() {
+                    for (o, y_o) in y_n.chunks_mut(hw).enumerate() {
+                        let b = bias.map_or(T::default(), |b| b[o]);
+                        let src = &buf.out[o * n + j * len..][..len];
+                        for (row, src) in y_o.chunks_mut(s.w).zip(src.chunks(s.w + 2)) {
+                            for (v, &u) in row.iter_mut().zip(src) {
+                                *v = u + b;
+                            }
                         }
                     }
                 }
@@ -234,34 +243,28 @@ pub fn weight_grad<T: Real>(s: Shape, x: &[T], dy: &[T]) -> (Vec<T>, Vec<T>) {
         return (dw, db);
     }
     let per = s.images_per_chunk();
-    // `out` holds dY in the padded-width geometry: its zero junk columns cancel the columns'.
     let partials: Vec<(Vec<T>, Vec<T>)> = dy
         .par_chunks(per * s.cout * hw)
         .zip(x.par_chunks(per * s.cin * hw))
         .map_init(
             || Scratch::new(&s, s.cout),
             |buf, (dy_chunk, x_chunk)| {
-                let mut dw = vec![T::default(); s.cout * taps];
-                let mut db = vec![T::default(); s.cout];
-                for (dy_n, x_n) in dy_chunk.chunks(s.cout * hw).zip(x_chunk.chunks(s.cin * hw)) {
-                    buf.unfold(x_n, &s);
-                    for (dst, src) in buf.out.chunks_mut(len).zip(dy_n.chunks(hw)) {
+                let n = buf.unfold(x_chunk, &s, s.cin) * len;
+                // dY in the padded-width geometry: zeros in the junk columns cancel the columns'.
+                let dy_pad = &mut buf.out[..s.cout * n];
+                dy_pad.fill(T::default());
+                for (j, dy_n) in dy_chunk.chunks(s.cout * hw).enumerate() {
+                    for (o, src) in dy_n.chunks(hw).enumerate() {
+                        let dst = &mut dy_pad[o * n + j * len..][..len];
                         for (d, row) in dst.chunks_mut(s.w + 2).zip(src.chunks(s.w)) {
                             d[..s.w].copy_from_slice(row);
                         }
                     }
-                    let dy_pad = (&buf.out[..], len, 1);
-                    gemm(
-                        (s.cout, taps, len),
-                        &mut dw,
-                        true,
-                        dy_pad,
-                        (&buf.cols, 1, len),
-                    );
-                    for (acc, row) in db.iter_mut().zip(dy_n.chunks(hw)) {
-                        *acc = *acc + sum(row);
-                    }
                 }
+                let mut dw = vec![T::default(); s.cout * taps];
+                let cols_t = (&buf.cols[..], 1, buf.ld);
+                gemm((s.cout, taps, n), &mut dw, false, (&*dy_pad, n, 1), cols_t);
+                let db = dy_pad.chunks(n).map(sum).collect();
                 (dw, db)
             },
         )
