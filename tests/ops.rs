@@ -60,6 +60,11 @@ fn conv3x3_matches_burns_conv2d_forward_and_backward() {
         (2, 1, 1, 1, 1),
         (3, 17, 9, 4, 1),
         (5, 24, 40, 3, 8),
+        // Multiples of 16 output channels take the direct AVX-512 kernel where the CPU has it.
+        (2, 5, 32, 1, 1),
+        (3, 16, 16, 1, 7),
+        (2, 7, 16, 9, 3),
+        (9, 16, 48, 5, 5),
     ];
     for precision in [Precision::F32, Precision::F64] {
         let p = Placement::flex(precision);

@@ -1,6 +1,7 @@
 //! flex's side of `conv3x3`: borrow the tensors' storage, run [`super::kernel`], wrap the result.
 //! Half precision (which the kernels do not cover) falls back to burn-flex's own ops.
 
+use super::direct;
 use super::kernel::{self, Real, Shape};
 use super::same;
 use burn::backend::flex::FlexTensor;
@@ -8,6 +9,33 @@ use burn::backend::ops::{FloatTensorOps, ModuleOps};
 use burn::backend::{Flex, TensorMetadata};
 use burn::tensor::{DType, Element, TensorData};
 use std::borrow::Cow;
+
+/// The fastest forward kernel for a float type: the direct AVX-512 one for f32 where it
+/// applies, im2col + GEMM otherwise.
+trait Conv: Real + Element + bytemuck::Pod {
+    fn conv(s: Shape, x: &[Self], weight: &[Self], bias: Option<&[Self]>) -> Vec<Self>;
+
+    /// The weight and bias gradients, likewise.
+    fn weight_grad(s: Shape, x: &[Self], dy: &[Self]) -> (Vec<Self>, Vec<Self>) {
+        kernel::weight_grad(s, x, dy)
+    }
+}
+
+impl Conv for f32 {
+    fn conv(s: Shape, x: &[f32], weight: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
+        direct::forward(s, x, weight, bias).unwrap_or_else(|| kernel::forward(s, x, weight, bias))
+    }
+
+    fn weight_grad(s: Shape, x: &[f32], dy: &[f32]) -> (Vec<f32>, Vec<f32>) {
+        direct::weight_grad(s, x, dy).unwrap_or_else(|| kernel::weight_grad(s, x, dy))
+    }
+}
+
+impl Conv for f64 {
+    fn conv(s: Shape, x: &[f64], weight: &[f64], bias: Option<&[f64]>) -> Vec<f64> {
+        kernel::forward(s, x, weight, bias)
+    }
+}
 
 fn shape(x: &FlexTensor, weight: &FlexTensor) -> Shape {
     let (xs, ws) = (x.shape(), weight.shape());
@@ -32,13 +60,9 @@ fn tensor<T: Real + Element>(values: Vec<T>, shape: Vec<usize>) -> FlexTensor {
     FlexTensor::from_data(TensorData::new(values, shape))
 }
 
-fn forward<T: Real + Element + bytemuck::Pod>(
-    x: &FlexTensor,
-    weight: &FlexTensor,
-    bias: &FlexTensor,
-) -> FlexTensor {
+fn forward<T: Conv>(x: &FlexTensor, weight: &FlexTensor, bias: &FlexTensor) -> FlexTensor {
     let s = shape(x, weight);
-    let y = kernel::forward(s, &values::<T>(x), &values(weight), Some(&values(bias)));
+    let y = T::conv(s, &values::<T>(x), &values(weight), Some(&values(bias)));
     tensor(y, vec![s.batch, s.cout, s.h, s.w])
 }
 
@@ -50,13 +74,11 @@ pub(super) fn conv3x3(x: FlexTensor, weight: FlexTensor, bias: FlexTensor) -> Fl
     }
 }
 
-fn x_grad<T: Real + Element + bytemuck::Pod>(
-    x: &FlexTensor,
-    weight: &FlexTensor,
-    grad: &FlexTensor,
-) -> FlexTensor {
+fn x_grad<T: Conv>(x: &FlexTensor, weight: &FlexTensor, grad: &FlexTensor) -> FlexTensor {
     let s = shape(x, weight);
-    let dx = kernel::input_grad(s, &values::<T>(weight), &values(grad));
+    let dx = kernel::input_grad(s, &values::<T>(weight), &values(grad), |s, x, w| {
+        T::conv(s, x, w, None)
+    });
     tensor(dx, vec![s.batch, s.cin, s.h, s.w])
 }
 
@@ -68,13 +90,9 @@ pub(super) fn x_backward(x: FlexTensor, weight: FlexTensor, grad: FlexTensor) ->
     }
 }
 
-fn params_grad<T: Real + Element + bytemuck::Pod>(
-    x: &FlexTensor,
-    weight: &FlexTensor,
-    grad: &FlexTensor,
-) -> FlexTensor {
+fn params_grad<T: Conv>(x: &FlexTensor, weight: &FlexTensor, grad: &FlexTensor) -> FlexTensor {
     let s = shape(x, weight);
-    let (mut dw, db) = kernel::weight_grad(s, &values::<T>(x), &values(grad));
+    let (mut dw, db) = T::weight_grad(s, &values::<T>(x), &values(grad));
     dw.extend(db);
     let n = dw.len();
     tensor(dw, vec![n])

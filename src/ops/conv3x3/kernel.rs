@@ -224,14 +224,19 @@ fn flipped_transposed<T: Real>(s: Shape, weight: &[T]) -> Vec<T> {
 }
 
 /// `dx = ∂⟨dy, conv3x3(x, weight)⟩/∂x`: the convolution of `dy` with the flipped, transposed
-/// kernel (padding 1 on both sides keeps the size).
-pub fn input_grad<T: Real>(s: Shape, weight: &[T], dy: &[T]) -> Vec<T> {
+/// kernel (padding 1 on both sides keeps the size), computed by `conv` (a forward kernel).
+pub fn input_grad<T: Real>(
+    s: Shape,
+    weight: &[T],
+    dy: &[T],
+    conv: impl Fn(Shape, &[T], &[T]) -> Vec<T>,
+) -> Vec<T> {
     let back = Shape {
         cin: s.cout,
         cout: s.cin,
         ..s
     };
-    forward(back, dy, &flipped_transposed(s, weight), None)
+    conv(back, dy, &flipped_transposed(s, weight))
 }
 
 /// `dW = Σ_n dY_n · cols(x_n)ᵀ` (`[Cout, 9·Cin]`) and `db = Σ_{n, pixel} dY`.
@@ -387,7 +392,7 @@ mod tests {
             // and b ↦ conv(x, 0) + b: ⟨dx, v⟩ = ⟨dy, conv(v, w)⟩ for any v, and so on.
             let (v, u, z) = (values(x.len(), 5), values(w.len(), 6), values(s.cout, 7));
             let (zero_b, zero_w) = (vec![0.0; s.cout], vec![0.0; w.len()]);
-            let dx = input_grad(s, &w, &dy);
+            let dx = input_grad(s, &w, &dy, |s, x, w| forward(s, x, w, None));
             let (dw, db) = weight_grad(s, &x, &dy);
             assert!(
                 close(dot(&dx, &v), dot(&dy, &reference(s, &v, &w, &zero_b))),

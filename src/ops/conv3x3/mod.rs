@@ -7,6 +7,7 @@
 //! `conv2d`) that calls the backend's own `conv3x3_*_backward`, which is where flex's kernels
 //! come in.
 
+pub mod direct;
 mod flex;
 pub mod kernel;
 
