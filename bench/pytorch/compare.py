@@ -84,6 +84,59 @@ def torch_mem(r):
     return r.get("peak_rss_bytes"), " rss"
 
 
+def conv_gflop(model: str, depth, scheme: str, batch: int):
+    """Convolution FLOPs (2 per multiply-add, in GFLOP) of one *backprop* training step: every
+    convolution's forward, input gradient and weight gradient (3× its forward; the stem's input
+    needs no gradient: 2×). TinyResNet: stem 5×5 stride 3, 3 → 16 channels, 32×32 → 10×10, then
+    two 3×3 16 → 16 convolutions per residual evaluation at 10×10 (Euler: N evaluations; Heun: its
+    N − 1 steps evaluate twice). CIFAR ResNet-L: stem 3×3, 3 → 16 at 32×32, then (L − 2)/6
+    blocks of two 3×3 convolutions per stage (16, 32, 64 channels at 32, 16, 8 pixels), each
+    stage's first convolution strided (half the input channels, a quarter of the pixels).
+    None for other models."""
+    def conv(cin, cout, k, pixels):
+        return 2 * cin * cout * k * k * pixels * batch
+    if model == "tiny" and depth:
+        evals = depth if scheme == "euler" else 2 * (depth - 1)
+        flops = 2 * conv(3, 16, 5, 100) + 3 * evals * 2 * conv(16, 16, 3, 100)
+    elif model == "cifar-resnet" and scheme == "euler" and depth and (depth - 2) % 6 == 0:
+        blocks = (depth - 2) // 6
+        flops = 2 * conv(3, 16, 3, 1024)
+        for i, (c, side) in enumerate([(16, 32), (32, 16), (64, 8)]):
+            first = conv(c // 2 if i else c, c, 3, side * side)
+            flops += 3 * (first + (2 * blocks - 1) * conv(c, c, 3, side * side))
+    else:
+        return None
+    return flops / 1e9
+
+
+def flop_table(ours: list, theirs: list, peak: float) -> str:
+    """Achieved convolution FLOP rate of each backprop row, as a fraction of `peak` GFLOP/s.
+    The step's whole time is the denominator (batch norm, ReLU, the loss and SGD included), so
+    this is a lower bound of the convolution kernels' own rate."""
+    o, t = index(ours, "ours"), index(theirs, "pytorch")
+    lines = [
+        "| model | depth | scheme | conv GFLOP per step | ours GFLOP/s | ours % of peak | "
+        "PyTorch GFLOP/s | PyTorch % of peak |",
+        "|---|---:|---|---:|---:|---:|---:|---:|",
+    ]
+    for k in sorted(set(o) | set(t)):
+        if k[3] != "backprop":
+            continue
+        ro, rt = o.get(k), t.get(k)
+        batch = (ro or rt).get("batch", 128)
+        work = conv_gflop(k[0], k[1], k[2], batch)
+        if work is None:
+            continue
+        rate = lambda r: None if r is None or not r.get("step_ms") else work / (r["step_ms"] / 1e3)  # noqa: E731
+        pct = lambda v: None if v is None else 100 * v / peak  # noqa: E731
+        lines.append("| " + " | ".join([
+            k[0], fmt(k[1], "d"), k[2], fmt(work, ".2f"),
+            fmt(rate(ro)), fmt(pct(rate(ro)), ".1f", "%"),
+            fmt(rate(rt)), fmt(pct(rate(rt)), ".1f", "%"),
+        ]) + " |")
+    return "\n".join(lines)
+
+
 def table(ours: list, theirs: list) -> str:
     o, t = index(ours, "ours"), index(theirs, "pytorch")
     order = {"backprop": 0, "adjoint": 1}
@@ -126,8 +179,13 @@ def main() -> int:
     ap.add_argument("ours", help="JSON from `resnet-ode bench train --json`")
     ap.add_argument("pytorch", help="JSON from bench_train.py --json")
     ap.add_argument("--out", help="also write the table to FILE")
+    ap.add_argument("--peak-gflops", type=float, default=None,
+                    help="the CPU's FMA peak in GFLOP/s; adds the convolutions' achieved FLOP rate "
+                         "of every backprop row as a fraction of it")
     args = ap.parse_args()
     md = table(load(args.ours), load(args.pytorch))
+    if args.peak_gflops:
+        md += "\n\n" + flop_table(load(args.ours), load(args.pytorch), args.peak_gflops)
     print(md)
     if args.out:
         with open(args.out, "w") as f:

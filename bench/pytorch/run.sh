@@ -17,6 +17,8 @@
 #     OUT          output folder (default bench/pytorch/out)
 #     OURS_ARGS    extra arguments for `resnet-ode bench train` (e.g. "--steps 3")
 #     TORCH_ARGS   extra arguments for bench_train.py (e.g. "--steps 3 --models tiny16,resnet56")
+#     CARGO_TARGET_DIR  where cargo builds (and this script finds) the binary, e.g. target/tch to
+#                  keep a LibTorch build beside the default one
 #
 # For the libtorch devices the Rust binary is built against the torch of $PYTHON:
 #     LIBTORCH_USE_PYTORCH=1 cargo build --release --features tch
@@ -58,7 +60,7 @@ echo "== cargo build --release ${FEATURES[*]:-}"
 
 echo "== resnet-ode bench train --device $DEVICE"
 # shellcheck disable=SC2086
-"$ROOT/target/release/resnet-ode" bench train --device "$DEVICE" --json "$OUT/ours.json" ${OURS_ARGS:-}
+"${CARGO_TARGET_DIR:-$ROOT/target}/release/resnet-ode" bench train --device "$DEVICE" --json "$OUT/ours.json" ${OURS_ARGS:-}
 
 echo "== PyTorch bench_train.py --device $TORCH_DEVICE"
 # shellcheck disable=SC2086

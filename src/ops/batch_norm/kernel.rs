@@ -11,6 +11,7 @@
 //! `dγ = Σ dy·(x − μ_c)/s`, `dβ = Σ dy`.
 
 use super::super::conv3x3::kernel::Real;
+use super::super::simd;
 use rayon::prelude::*;
 
 /// Conversions the kernels need on top of [`Real`].
@@ -58,17 +59,19 @@ impl Layout {
     }
 }
 
-/// Lanes of the f64 sums: independent accumulators the compiler can keep in vector registers
-/// (a single accumulator serialises every addition). The order is fixed, so results are too.
-const LANES: usize = 8;
+/// Lanes of the sums: independent accumulators the compiler keeps in vector registers (a single
+/// accumulator serialises every addition). The order is fixed, so results are too.
+const LANES: usize = 16;
 
-/// `Σ f(a_i, b_i, c_i)` of three equally long runs, for `K` sums at once, in [`LANES`]
-/// interleaved f64 accumulators per sum.
+/// `Σ f(a_i, b_i, c_i)` of three equally long runs (one image's pixels of one channel, at most a
+/// few thousand), for `K` sums at once: [`LANES`] interleaved accumulators in the storage type
+/// within the run, the run's total in f64 (the caller adds the runs in f64).
+#[inline(always)]
 fn lane_sums<T: Float, const K: usize>(
     (a, b, c): (&[T], &[T], &[T]),
-    f: impl Fn(T, T, T) -> [f64; K],
+    f: impl Fn(T, T, T) -> [T; K],
 ) -> [f64; K] {
-    let mut acc = [[0f64; LANES]; K];
+    let mut acc = [[T::default(); LANES]; K];
     let chunks = a
         .chunks_exact(LANES)
         .zip(b.chunks_exact(LANES))
@@ -77,7 +80,7 @@ fn lane_sums<T: Float, const K: usize>(
         for l in 0..LANES {
             let v = f(ac[l], bc[l], cc[l]);
             for k in 0..K {
-                acc[k][l] += v[k];
+                acc[k][l] = acc[k][l] + v[k];
             }
         }
     }
@@ -85,32 +88,37 @@ fn lane_sums<T: Float, const K: usize>(
     for (l, ((&x, &y), &z)) in a[full..].iter().zip(&b[full..]).zip(&c[full..]).enumerate() {
         let v = f(x, y, z);
         for k in 0..K {
-            acc[k][l] += v[k];
+            acc[k][l] = acc[k][l] + v[k];
         }
     }
-    acc.map(|lanes| lanes.iter().sum())
+    acc.map(|lanes| lanes.iter().map(|v| v.to_f64()).sum())
 }
 
 /// Batch mean and biased variance of every channel (two passes, f64 sums).
 pub fn statistics<T: Float>(l: Layout, x: &[T]) -> (Vec<T>, Vec<T>) {
     let per: Vec<(f64, f64)> = (0..l.c)
         .into_par_iter()
-        .map(|c| {
-            let sum: f64 = l
-                .runs(x, c)
-                .map(|r| lane_sums((r, r, r), |v, _, _| [v.to_f64()])[0])
-                .sum();
-            let mean = sum / l.count();
-            let sq: f64 = l
-                .runs(x, c)
-                .map(|r| lane_sums((r, r, r), |v, _, _| [(v.to_f64() - mean).powi(2)])[0])
-                .sum();
-            (mean, sq / l.count())
-        })
+        .map(|c| channel_statistics(l, c, x))
         .collect();
     per.into_iter()
         .map(|(m, v)| (T::from_f64(m), T::from_f64(v)))
         .unzip()
+}
+
+simd::multiversion! {
+    fn channel_statistics<T: Float>(l: Layout, c: usize, x: &[T]) -> (f64, f64) {
+    let sum: f64 = l
+        .runs(x, c)
+        .map(|r| lane_sums((r, r, r), |v, _, _| [v])[0])
+        .sum();
+    let mean = sum / l.count();
+    let m = T::from_f64(mean);
+    let sq: f64 = l
+        .runs(x, c)
+        .map(|r| lane_sums((r, r, r), |v, _, _| [(v - m) * (v - m)])[0])
+        .sum();
+    (mean, sq / l.count())
+}
 }
 
 /// `y = γ (x − μ)/√(σ² + ε) + β` with the given statistics, then the ReLU if asked.
@@ -129,27 +137,37 @@ pub fn normalize<T: Float>(
     if x.is_empty() {
         return y;
     }
-    let (stride, inner) = (l.c * l.inner, l.inner);
+    let stride = l.c * l.inner;
+    let stats = [gamma, beta, mean, var];
     y.par_chunks_mut(stride)
         .zip(x.par_chunks(stride))
-        .for_each(|(y_i, x_i)| {
-            for c in 0..l.c {
-                let scale = gamma[c].to_f64() / (var[c].to_f64() + epsilon).sqrt();
-                let shift = beta[c].to_f64() - mean[c].to_f64() * scale;
-                let (a, b) = (T::from_f64(scale), T::from_f64(shift));
-                let out = &mut y_i[c * inner..][..inner];
-                for (o, &v) in out.iter_mut().zip(&x_i[c * inner..][..inner]) {
-                    let r = v * a + b;
-                    // As burn's relu: values ≤ 0 become 0, NaN passes (divergence stays visible).
-                    *o = if relu && r <= T::default() {
-                        T::default()
-                    } else {
-                        r
-                    };
-                }
-            }
-        });
+        .for_each(|(y_i, x_i)| normalize_image(l, y_i, x_i, stats, epsilon, relu));
     y
+}
+
+simd::multiversion! {
+    /// [`normalize`] of one image (`x_i`, `y_i`: `[C, inner]`); `stats` = γ, β, mean, var.
+    fn normalize_image<T: Float>(
+        l: Layout,
+        y_i: &mut [T],
+        x_i: &[T],
+        stats: [&[T]; 4],
+        epsilon: f64,
+        relu: bool,
+    ) {
+        let ([gamma, beta, mean, var], inner) = (stats, l.inner);
+        for c in 0..l.c {
+            let scale = gamma[c].to_f64() / (var[c].to_f64() + epsilon).sqrt();
+            let shift = beta[c].to_f64() - mean[c].to_f64() * scale;
+            let (a, b) = (T::from_f64(scale), T::from_f64(shift));
+            let out = &mut y_i[c * inner..][..inner];
+            for (o, &v) in out.iter_mut().zip(&x_i[c * inner..][..inner]) {
+                let r = v * a + b;
+                // As burn's relu: values ≤ 0 become 0, NaN passes (divergence stays visible).
+                *o = if relu && r <= T::default() { T::default() } else { r };
+            }
+        }
+    }
 }
 
 /// Gradients `(dx, dγ, dβ)` of the normalisation above (see the module docs); `y` is its output,
@@ -166,33 +184,13 @@ pub fn backward<T: Float>(
     epsilon: f64,
     relu: bool,
 ) -> (Vec<T>, Vec<T>, Vec<T>) {
-    // The ReLU's derivative as a factor: 0 where the output was clipped (≤ 0), else 1.
-    let pass = |out: T| {
-        if relu && out.to_f64() <= 0.0 {
-            0.0
-        } else {
-            1.0
-        }
-    };
     let m = l.count();
     // Per channel: μ of x, Σ dy and Σ dy (x − μ_c) over the units the ReLU passed.
     let sums: Vec<(f64, f64, f64)> = (0..l.c)
         .into_par_iter()
-        .map(|c| {
-            let mu_c = mean[c].to_f64();
-            let (mut sx, mut sd, mut sdx) = (0.0, 0.0, 0.0);
-            for runs in l.runs(x, c).zip(l.runs(y, c)).zip(l.runs(dy, c)) {
-                let ((xr, yr), dr) = runs;
-                let [a, b, c] = lane_sums((xr, yr, dr), |xv, yv, dv| {
-                    let (xv, d) = (xv.to_f64(), dv.to_f64() * pass(yv));
-                    [xv, d, d * (xv - mu_c)]
-                });
-                (sx, sd, sdx) = (sx + a, sd + b, sdx + c);
-            }
-            (sx / m, sd, sdx)
-        })
+        .map(|c| channel_sums(l, c, [x, y, dy], mean[c].to_f64(), relu))
         .collect();
-    // dx_i = (γ dy_i − mean(g))/s − (x_i − μ) k, elementwise, image by image.
+    // Per channel [γ/s, mean(g)/s, k, μ] of dx_i = (γ dy_i − mean(g))/s − (x_i − μ) k.
     let coef: Vec<[f64; 4]> = (0..l.c)
         .map(|c| {
             let s = (var[c].to_f64() + epsilon).sqrt();
@@ -202,25 +200,13 @@ pub fn backward<T: Float>(
         })
         .collect();
     let mut dx = vec![T::default(); x.len()];
-    let (stride, inner) = (l.c * l.inner, l.inner);
+    let stride = l.c * l.inner;
     if !x.is_empty() {
         dx.par_chunks_mut(stride)
             .zip(x.par_chunks(stride))
             .zip(y.par_chunks(stride).zip(dy.par_chunks(stride)))
             .for_each(|((dx_i, x_i), (y_i, dy_i))| {
-                for (c, coef) in coef.iter().enumerate() {
-                    let [g_s, mean_g_s, k, mu] = coef.map(T::from_f64);
-                    let r = c * inner..(c + 1) * inner;
-                    let inputs = x_i[r.clone()]
-                        .iter()
-                        .zip(&y_i[r.clone()])
-                        .zip(&dy_i[r.clone()]);
-                    for (o, ((&xv, &yv), &dv)) in dx_i[r].iter_mut().zip(inputs) {
-                        let active = !(relu && yv <= T::default());
-                        let gi = if active { g_s * dv } else { T::default() };
-                        *o = gi - mean_g_s - (xv - mu) * k;
-                    }
-                }
+                dx_image(l, dx_i, [x_i, y_i, dy_i], &coef, relu)
             });
     }
     let dgamma = (0..l.c)
@@ -228,4 +214,60 @@ pub fn backward<T: Float>(
         .collect();
     let dbeta = sums.iter().map(|&(_, sd, _)| T::from_f64(sd)).collect();
     (dx, dgamma, dbeta)
+}
+
+simd::multiversion! {
+    /// `(μ, Σ dy, Σ dy (x − μ_c))` of channel `c` over the units the ReLU passed; `xyd` = x, y,
+    /// dy.
+    fn channel_sums<T: Float>(
+        l: Layout,
+        c: usize,
+        xyd: [&[T]; 3],
+        mu_c: f64,
+        relu: bool,
+    ) -> (f64, f64, f64) {
+        let [x, y, dy] = xyd;
+        // The ReLU's derivative as a factor: 0 where the output was clipped (≤ 0), else 1.
+        let pass = |out: T| {
+            if relu && out <= T::default() {
+                T::default()
+            } else {
+                T::ONE
+            }
+        };
+        let m = T::from_f64(mu_c);
+        let (mut sx, mut sd, mut sdx) = (0.0, 0.0, 0.0);
+        for ((xr, yr), dr) in l.runs(x, c).zip(l.runs(y, c)).zip(l.runs(dy, c)) {
+            let [a, b, c] = lane_sums((xr, yr, dr), |xv, yv, dv| {
+                let d = dv * pass(yv);
+                [xv, d, d * (xv - m)]
+            });
+            (sx, sd, sdx) = (sx + a, sd + b, sdx + c);
+        }
+        (sx / l.count(), sd, sdx)
+    }
+}
+
+simd::multiversion! {
+    /// `dx_i` of one image (`[C, inner]` slices; `xyd` = x, y, dy), with `coef = [γ/s,
+    /// mean(g)/s, k, μ]` per channel.
+    fn dx_image<T: Float>(
+        l: Layout,
+        dx_i: &mut [T],
+        xyd: [&[T]; 3],
+        coef: &[[f64; 4]],
+        relu: bool,
+    ) {
+        let ([x_i, y_i, dy_i], inner) = (xyd, l.inner);
+        for (c, coef) in coef.iter().enumerate() {
+            let [g_s, mean_g_s, k, mu] = coef.map(T::from_f64);
+            let r = c * inner..(c + 1) * inner;
+            let inputs = x_i[r.clone()].iter().zip(&y_i[r.clone()]).zip(&dy_i[r.clone()]);
+            for (o, ((&xv, &yv), &dv)) in dx_i[r].iter_mut().zip(inputs) {
+                let active = !(relu && yv <= T::default());
+                let gi = if active { g_s * dv } else { T::default() };
+                *o = gi - mean_g_s - (xv - mu) * k;
+            }
+        }
+    }
 }

@@ -8,7 +8,7 @@
 //! Used when the CPU has AVX-512F and the output channels are a multiple of 16; otherwise the
 //! im2col + GEMM kernels run.
 
-use super::kernel::Shape;
+use super::kernel::{self, Shape};
 use rayon::prelude::*;
 
 /// Output channels (and pixels) per register block.
@@ -108,15 +108,8 @@ fn run(s: Shape, x: &[f32], weight: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
                     // inside against every offset the kernel reads or writes.
                     unsafe { block(pad, w, o, s.cin, &g) };
                 }
-                for (oc, y_o) in y_n.chunks_mut(hw).enumerate() {
-                    let bias = bias.map_or(0.0, |b| b[oc]);
-                    let src = &out[oc * g.lenv..][..g.len];
-                    for (row, src) in y_o.chunks_mut(s.w).zip(src.chunks(g.pw)) {
-                        for (v, &u) in row.iter_mut().zip(src) {
-                            *v = u + bias;
-                        }
-                    }
-                }
+                // SAFETY: `available` checked AVX-512F, the one feature `store` is compiled for.
+                unsafe { store(out, y_n, bias, &s, &g) };
             },
         );
     y
@@ -187,7 +180,7 @@ fn run_weight_grad(s: Shape, x: &[f32], dy: &[f32]) -> (Vec<f32>, Vec<f32>) {
                         unsafe { block_weight_grad(pad, d, w, s.cin, &g) };
                     }
                     for (acc, row) in db.iter_mut().zip(dy_n.chunks(hw)) {
-                        *acc += row.iter().sum::<f32>();
+                        *acc += kernel::sum(row);
                     }
                 }
                 // The lanes summed, in order: [block][c][tap][16 outputs] then the bias.
@@ -247,6 +240,22 @@ unsafe fn block_weight_grad(pad: &[f32], dy: &[f32], w: &mut [f32], cin: usize, 
     }
 }
 
+/// Drop the junk columns of `out` (padded-width geometry, rows `lenv` apart) into the image
+/// `y_n`, adding the bias. Compiled for AVX-512 (only called where it is present).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn store(out: &[f32], y_n: &mut [f32], bias: Option<&[f32]>, s: &Shape, g: &Geometry) {
+    for (oc, y_o) in y_n.chunks_mut(s.h * s.w).enumerate() {
+        let bias = bias.map_or(0.0, |b| b[oc]);
+        let src = &out[oc * g.lenv..][..g.len];
+        for (row, src) in y_o.chunks_mut(s.w).zip(src.chunks(g.pw)) {
+            for (v, &u) in row.iter_mut().zip(src) {
+                *v = u + bias;
+            }
+        }
+    }
+}
+
 /// Copy one image into its padded planes (the border and the tail stay zero).
 fn pad_image(x: &[f32], s: &Shape, g: &Geometry, pad: &mut [f32]) {
     for (plane, padded) in x.chunks(s.h * s.w).zip(pad.chunks_mut(g.plane)) {
@@ -286,7 +295,6 @@ unsafe fn block(pad: &[f32], w: &[f32], out: &mut [f32], cin: usize, g: &Geometr
 
 #[cfg(test)]
 mod tests {
-    use super::super::kernel;
     use super::*;
 
     #[test]

@@ -282,7 +282,7 @@ pub fn weight_grad<T: Real>(s: Shape, x: &[T], dy: &[T]) -> (Vec<T>, Vec<T>) {
 }
 
 /// `Σ v` in eight interleaved accumulators (vectorisable; a fixed order, so deterministic).
-fn sum<T: Real>(v: &[T]) -> T {
+pub(super) fn sum<T: Real>(v: &[T]) -> T {
     let mut acc = [T::default(); 8];
     let mut chunks = v.chunks_exact(8);
     for c in &mut chunks {
