@@ -133,16 +133,15 @@ pub fn weight_grad(s: Shape, x: &[f32], dy: &[f32]) -> Option<(Vec<f32>, Vec<f32
     }
 }
 
-/// Whether the direct weight gradient beats im2col + GEMM: its sixteen rows of `dY` must stay in
-/// L1 (≤ 16 KiB) and its vector partial sums in L2 (≤ 256 KiB). Measured on 128-image batches
-/// (`tests/ops.rs` shapes; 2 cores): 16 channels at 10×10, 1.3–1.5 ms against 1.9–2.3 ms;
-/// 16 at 32×32 (70 KiB of `dY`) 14–16 ms against 13.5; 64 at 8×8 (2.3 MiB of sums) 15–16 ms
-/// against 8.5.
+/// Pixels per tile of the weight gradient: sixteen rows of `dY` of this length fill 16 KiB.
+const TILE: usize = 256;
+
+/// Whether the direct weight gradient beats im2col + GEMM: the vector partial sums of one block
+/// of sixteen outputs (`Cin·9·16·16` floats) must stay in L2 (≤ 512 KiB). Measured on
+/// 128-image batches (2 cores, loaded): 16 channels at 10×10, 1.3–1.5 ms against 1.9–2.3 ms
+/// for im2col + GEMM; 64 channels at 8×8 (590 KiB of sums per block) 15–16 ms against 8.5.
 fn weight_grad_pays(s: &Shape) -> bool {
-    let g = Geometry::new(s);
-    let dy_rows = BLOCK * g.lenv * 4;
-    let sums = s.cout * s.cin * 9 * BLOCK * 4;
-    dy_rows <= 16 << 10 && sums <= 256 << 10
+    s.cin * 9 * BLOCK * BLOCK * 4 <= 512 << 10
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -220,21 +219,27 @@ unsafe fn block_weight_grad(pad: &[f32], dy: &[f32], w: &mut [f32], cin: usize, 
     let offsets: [usize; 9] = std::array::from_fn(|t| (t / 3) * g.pw + t % 3);
     assert!(w.len() >= cin * 9 * BLOCK * BLOCK && dy.len() >= BLOCK * g.lenv);
     assert!(pad.len() >= (cin - 1) * g.plane + g.lenv + offsets[8]);
-    for c in 0..cin {
-        for (t, &off) in offsets.iter().enumerate() {
-            let base = pad.as_ptr().add(c * g.plane + off);
-            let mut acc = [_mm512_setzero_ps(); BLOCK];
-            for q0 in (0..g.lenv).step_by(BLOCK) {
-                let xv = _mm512_loadu_ps(base.add(q0));
-                for (o, a) in acc.iter_mut().enumerate() {
-                    *a = _mm512_fmadd_ps(_mm512_loadu_ps(dy.as_ptr().add(o * g.lenv + q0)), xv, *a);
+    // Pixels in tiles of TILE, so that the tile of sixteen rows of dY stays in L1 (16 KiB)
+    // across the 9·Cin passes over it.
+    for q_start in (0..g.lenv).step_by(TILE) {
+        let q_end = (q_start + TILE).min(g.lenv);
+        for c in 0..cin {
+            for (t, &off) in offsets.iter().enumerate() {
+                let base = pad.as_ptr().add(c * g.plane + off);
+                let mut acc = [_mm512_setzero_ps(); BLOCK];
+                for q0 in (q_start..q_end).step_by(BLOCK) {
+                    let xv = _mm512_loadu_ps(base.add(q0));
+                    for (o, a) in acc.iter_mut().enumerate() {
+                        let d = _mm512_loadu_ps(dy.as_ptr().add(o * g.lenv + q0));
+                        *a = _mm512_fmadd_ps(d, xv, *a);
+                    }
                 }
-            }
-            // Added as vectors: the horizontal sums wait for the end of the chunk.
-            let out = w.as_mut_ptr().add((c * 9 + t) * BLOCK * BLOCK);
-            for (o, a) in acc.iter().enumerate() {
-                let p = out.add(o * BLOCK);
-                _mm512_storeu_ps(p, _mm512_add_ps(_mm512_loadu_ps(p), *a));
+                // Added as vectors: the horizontal sums wait for the end of the chunk.
+                let out = w.as_mut_ptr().add((c * 9 + t) * BLOCK * BLOCK);
+                for (o, a) in acc.iter().enumerate() {
+                    let p = out.add(o * BLOCK);
+                    _mm512_storeu_ps(p, _mm512_add_ps(_mm512_loadu_ps(p), *a));
+                }
             }
         }
     }
