@@ -65,6 +65,7 @@ fn conv3x3_matches_burns_conv2d_forward_and_backward() {
         (3, 16, 16, 1, 7),
         (2, 7, 16, 9, 3),
         (9, 16, 48, 5, 5),
+        (2, 3, 16, 20, 20),
     ];
     for precision in [Precision::F32, Precision::F64] {
         let p = Placement::flex(precision);
