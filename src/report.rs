@@ -114,12 +114,21 @@ pub fn ensure_writable_dir_for(dir: &Path, flag: &str) -> Result<()> {
             format!("directory of {flag} is not usable: {e}; pass a writable path with {flag}"),
         )
     };
+    let existed = dir.exists();
     fs::create_dir_all(dir).map_err(fail)?;
     let probe = dir.join(format!(".resnet-ode-probe-{}", std::process::id()));
-    File::create(&probe)
+    let probed = File::create(&probe)
         .and_then(|mut f| f.write_all(b"probe"))
-        .map_err(fail)?;
-    fs::remove_file(&probe).map_err(fail)
+        .and_then(|()| fs::remove_file(&probe));
+    if let Err(e) = probed {
+        // A full disk: leave nothing behind, not even the (empty) folder this call made.
+        let _ = fs::remove_file(&probe);
+        if !existed {
+            let _ = fs::remove_dir(dir);
+        }
+        return Err(fail(e));
+    }
+    Ok(())
 }
 
 /// Least-squares slope of `ln y` against `ln x`: the observed rate `p` in `y ≈ C·x^p`.

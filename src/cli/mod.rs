@@ -13,7 +13,7 @@ use resnet_ode::device::{DeviceSpec, Placement, Precision};
 /// Do residual networks discretize Neural ODEs? Measure it, and train with the memory-free adjoint.
 #[derive(Parser, Debug)]
 #[command(name = "resnet-ode", version, about, long_about = None)]
-struct Cli {
+pub(crate) struct Cli {
     #[command(subcommand)]
     command: Command,
 }

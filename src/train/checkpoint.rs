@@ -80,10 +80,27 @@ pub fn file_names(epoch: usize) -> (String, String) {
     )
 }
 
-/// Writes `state.json`, then `metrics.jsonl`, then removes the files of `previous` (if other
-/// than the new ones).
+/// Commits a checkpoint whose files are written: writes `state.json`, which from then on names
+/// them. If that fails the previous state stays in force and the new files, which nothing
+/// names, are removed. Then call [`tidy`].
 pub fn commit(dir: &Path, state: &TrainState, previous: Option<&TrainState>) -> Result<()> {
-    write_json(&dir.join(STATE_FILE), state)?;
+    if let Err(e) = write_json(&dir.join(STATE_FILE), state) {
+        let live =
+            |name: &String| previous.is_some_and(|p| *name == p.weights || *name == p.buffers);
+        let new: Vec<&String> = [&state.weights, &state.buffers]
+            .into_iter()
+            .filter(|name| !live(name))
+            .collect();
+        discard(dir, &new);
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// After a [`commit`]: writes `metrics.jsonl`, then removes the files of `previous` (if other
+/// than the new ones). A failure here loses nothing: `state.json` is the truth, and a resume's
+/// [`repair`] rewrites the metrics and removes the old files.
+pub fn tidy(dir: &Path, state: &TrainState, previous: Option<&TrainState>) -> Result<()> {
     write_metrics(dir, &state.history)?;
     if let Some(prev) = previous {
         for name in [&prev.weights, &prev.buffers] {
@@ -94,6 +111,14 @@ pub fn commit(dir: &Path, state: &TrainState, previous: Option<&TrainState>) -> 
         }
     }
     Ok(())
+}
+
+/// Removes the checkpoint files `names` of a commit that failed (best effort: a read-only
+/// directory keeps them, and a resume's [`repair`] removes them then).
+pub fn discard(dir: &Path, names: &[&String]) {
+    for name in names {
+        let _ = std::fs::remove_file(dir.join(name));
+    }
 }
 
 /// Brings a run directory in line with its `state.json`, which is the truth (it is written
@@ -146,5 +171,56 @@ pub fn config_differences(stored: &TrainConfig, config: &TrainConfig) -> Vec<Str
             .map(|(k, _)| k.clone())
             .collect(),
         _ => vec!["(unreadable configuration)".into()],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(epoch: usize) -> TrainState {
+        let (weights, buffers) = file_names(epoch);
+        TrainState {
+            epoch,
+            rng: Rng::new(epoch as u64),
+            optimizer: OptimizerState {
+                steps: epoch as u64,
+                first: vec![true],
+                second: vec![false],
+            },
+            history: Vec::new(),
+            weights,
+            buffers,
+        }
+    }
+
+    /// A commit whose `state.json` cannot be written (here a folder stands in its place) keeps
+    /// the previous checkpoint and removes the new files, which nothing names.
+    #[test]
+    fn a_failed_commit_keeps_the_previous_checkpoint_and_leaves_no_orphans() {
+        let dir = std::env::temp_dir().join(format!("resnet-ode-commit-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let (old, new) = (state(1), state(2));
+        for name in [&old.weights, &old.buffers, &new.weights, &new.buffers] {
+            std::fs::write(dir.join(name), name.as_bytes()).unwrap();
+        }
+        std::fs::create_dir(dir.join(STATE_FILE)).unwrap();
+        let err = commit(&dir, &new, Some(&old)).unwrap_err().to_string();
+        assert!(err.contains(STATE_FILE), "{err}");
+        let mut left: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            [
+                "model-0001.safetensors",
+                "optimizer-0001.safetensors",
+                STATE_FILE
+            ]
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -927,8 +927,14 @@ impl<'a> Run<'a> {
             return Ok(());
         };
         let (weights, buffers) = checkpoint::file_names(self.epoch);
-        save_weights(model, &dir.join(&weights))?;
-        self.optimizer.save_buffers(&dir.join(&buffers))?;
+        let written = save_weights(model, &dir.join(&weights))
+            .and_then(|()| self.optimizer.save_buffers(&dir.join(&buffers)));
+        if let Err(e) = written {
+            // A full disk after the weights: no state names them, so they would only be an
+            // orphan until a resume's repair (the previous checkpoint stays in force).
+            checkpoint::discard(dir, &[&weights, &buffers]);
+            return Err(e);
+        }
         let state = TrainState {
             epoch: self.epoch,
             rng: self.rng.clone(),
@@ -938,8 +944,11 @@ impl<'a> Run<'a> {
             buffers,
         };
         checkpoint::commit(dir, &state, self.saved.as_ref())?;
-        self.saved = Some(state);
-        Ok(())
+        // From here `state.json` names the new files: the checkpoint is in force even if the
+        // rest fails (a full disk on metrics.jsonl made the run look unsaved, and the cleanup
+        // of an unfinished run deleted run.json and the checkpoint that state.json named).
+        let previous = self.saved.replace(state.clone());
+        checkpoint::tidy(dir, &state, previous.as_ref())
     }
 }
 
