@@ -273,10 +273,16 @@ pub struct FinetuneArgs {
     /// when present, else the built-in digits].
     #[arg(long)]
     pub data: Option<String>,
-    /// Depth the tied and untied models are pre-trained at.
+    /// Architecture: tiny (TinyResNet, one stack) or authors (the authors' bottleneck ResNet,
+    /// IResNetAuto2 → ResNetMemoryCustom, four stacks; its layer3 is deepened, as in their
+    /// [4, 4, 32, 4]).
+    #[arg(long, default_value = "tiny")]
+    pub model: String,
+    /// Functions per stack the tied and untied models are pre-trained with.
     #[arg(long, default_value_t = 8)]
     pub depth: usize,
-    /// Depth the tied model is untied into and fine-tuned at.
+    /// Functions of the deep stage (TinyResNet's stack, the authors' layer3) after untying;
+    /// the other stages keep --depth.
     #[arg(long, default_value_t = 32)]
     pub deep_depth: usize,
     /// Depths of the ODE-like test (Fig. 3a).
@@ -296,17 +302,19 @@ pub struct FinetuneArgs {
     pub seeds: usize,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Stages fine-tuning trains (stem, layer1, head); the others stay frozen.
-    #[arg(long, value_delimiter = ',', default_value = "layer1")]
-    pub train_stages: Vec<String>,
+    /// Stages fine-tuning trains (stem, layer1, …, head); the others stay frozen
+    /// [default: the deep stage].
+    #[arg(long, value_delimiter = ',')]
+    pub train_stages: Option<Vec<String>>,
     #[arg(long, default_value_t = 32)]
     pub batch_size: usize,
     /// Learning rate of the pre-training and from-scratch runs (SGD, cosine).
     #[arg(long, default_value_t = 0.1)]
     pub lr: f64,
-    /// TinyResNet's channels P.
-    #[arg(long, default_value_t = 16)]
-    pub planes: usize,
+    /// Channels: TinyResNet's P, the authors' first-stage base width (theirs: 64) [default:
+    /// 16 for tiny, 4 for authors].
+    #[arg(long)]
+    pub planes: Option<usize>,
     #[arg(long, default_value_t = 6000)]
     pub limit_train: usize,
     #[arg(long, default_value_t = 2000)]
@@ -314,8 +322,9 @@ pub struct FinetuneArgs {
     /// Images doctor measures smoothness and gradient error on.
     #[arg(long, default_value_t = 128)]
     pub grad_batch: usize,
-    /// A finished tied TinyResNet run (resnet-ode train --tied --out DIR) to untie and fine-tune
-    /// instead of pre-training one; --depth and --planes must be its own.
+    /// The tied model to untie and fine-tune instead of pre-training one: a finished tied run
+    /// (resnet-ode train --tied --out DIR; --depth and --planes must be its own) or, with
+    /// --model authors, the authors' tied PyTorch checkpoint (IResNetAuto2).
     #[arg(long)]
     pub init: Option<PathBuf>,
     #[command(flatten)]
@@ -328,14 +337,16 @@ impl FinetuneArgs {
             Some(d) => (d.parse::<resnet_ode::data::DataSpec>()?.to_string(), None),
             None => finetune::default_data(),
         };
+        let arch: finetune::Architecture = self.model.parse()?;
         let mut cfg = finetune::Config::default();
         cfg.train.data = data;
         cfg.train.batch_size = self.batch_size;
         cfg.train.lr = self.lr;
-        cfg.train.model.planes = self.planes;
+        cfg.train.model.planes = self.planes.unwrap_or(arch.default_planes());
         cfg.train.limit_train = Some(self.limit_train);
         cfg.train.limit_test = Some(self.limit_test);
         Ok(finetune::Config {
+            arch,
             depth: self.depth,
             deep_depth: self.deep_depth,
             eval_depths: self.eval_depths.clone(),
@@ -346,7 +357,10 @@ impl FinetuneArgs {
             seeds: (0..self.seeds as u64)
                 .map(|k| self.seed.wrapping_add(k))
                 .collect(),
-            train_stages: self.train_stages.clone(),
+            train_stages: self
+                .train_stages
+                .clone()
+                .unwrap_or_else(|| vec![arch.deep_stage()]),
             grad_batch: self.grad_batch,
             data_note,
             init: self.init.clone(),

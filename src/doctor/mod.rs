@@ -407,41 +407,82 @@ pub fn smoothness<M: burn::module::Module>(functions: &[M], n: usize) -> f64 {
 }
 
 /// Adjoint vs backprop gradients of each stack's parameters on the model's real loss: entry i
-/// compares stack i in adjoint mode, every other stack in backprop, against backprop everywhere
-/// (one backprop step, then one step per stack).
+/// compares stack i (of [`Model::stack_depths`]: conv stacks, then bottleneck stacks) in
+/// adjoint mode, every other stack in backprop, against backprop everywhere (one backprop
+/// step, then one step per stack).
 pub fn stage_gradient_errors(
     model: &Model,
     batch: &DeviceBatch,
     bn: BnMode,
 ) -> Result<Vec<GradientError>> {
-    let stacks = model.stacks();
-    let step = |modes: &[GradMode]| {
-        let step = step_gradients_modes(model, batch, modes, bn);
-        match step.loss.is_finite() {
-            true => Ok(step.grads),
-            false => Err(Error::NonFinite {
-                what: "the loss of doctor's batch".into(),
-            }),
-        }
-    };
-    let flat = |grads: &GradientsParams, i: usize| {
-        let g = flat_grads(stacks[i], grads);
-        match g.iter().find(|(_, v)| v.iter().any(|x| !x.is_finite())) {
-            Some((name, _)) => Err(Error::NonFinite {
-                what: format!("the gradient of stack {} `{name}`", i + 1),
-            }),
-            None => Ok(g),
-        }
-    };
-    let backprop = step(&[GradMode::Backprop])?;
-    (0..stacks.len())
-        .map(|i| {
-            let mut modes = vec![GradMode::Backprop; stacks.len()];
-            modes[i] = GradMode::Adjoint;
-            let adjoint = step(&modes)?;
-            Ok(gradient_error(&flat(&backprop, i)?, &flat(&adjoint, i)?))
-        })
+    let backprop = finite_step(model, batch, &[GradMode::Backprop], bn)?;
+    (0..model.stack_depths().len())
+        .map(|i| stack_gradient_error(model, batch, bn, i, &backprop))
         .collect()
+}
+
+/// The adjoint's gradient error on stack `i` alone (see [`stage_gradient_errors`]).
+pub fn stack_gradient_error(
+    model: &Model,
+    batch: &DeviceBatch,
+    bn: BnMode,
+    i: usize,
+    backprop: &GradientsParams,
+) -> Result<GradientError> {
+    let mut modes = vec![GradMode::Backprop; model.stack_depths().len()];
+    modes[i] = GradMode::Adjoint;
+    let adjoint = finite_step(model, batch, &modes, bn)?;
+    Ok(gradient_error(
+        &stack_grads(model, backprop, i)?,
+        &stack_grads(model, &adjoint, i)?,
+    ))
+}
+
+/// The gradients of one training step in `modes`, refused when its loss is not finite.
+pub fn finite_step(
+    model: &Model,
+    batch: &DeviceBatch,
+    modes: &[GradMode],
+    bn: BnMode,
+) -> Result<GradientsParams> {
+    let step = step_gradients_modes(model, batch, modes, bn);
+    match step.loss.is_finite() {
+        true => Ok(step.grads),
+        false => Err(Error::NonFinite {
+            what: "the loss of doctor's batch".into(),
+        }),
+    }
+}
+
+/// Stack `i`'s parameter gradients in `grads`, refused when one is not finite.
+fn stack_grads(
+    model: &Model,
+    grads: &GradientsParams,
+    i: usize,
+) -> Result<Vec<(String, Vec<f64>)>> {
+    let conv = model.stacks();
+    let g = match conv.get(i) {
+        Some(stack) => flat_grads(*stack, grads),
+        None => flat_grads(model.bottleneck_stacks()[i - conv.len()], grads),
+    };
+    match g.iter().find(|(_, v)| v.iter().any(|x| !x.is_finite())) {
+        Some((name, _)) => Err(Error::NonFinite {
+            what: format!("the gradient of stack {} `{name}`", i + 1),
+        }),
+        None => Ok(g),
+    }
+}
+
+/// [`smoothness`] of stack `i` (of [`Model::stack_depths`]) of `model`.
+pub fn stack_smoothness(model: &Model, i: usize) -> f64 {
+    let conv = model.stacks();
+    match conv.get(i) {
+        Some(s) => smoothness(&s.functions, s.depth),
+        None => {
+            let s = model.bottleneck_stacks()[i - conv.len()];
+            smoothness(&s.functions, s.depth)
+        }
+    }
 }
 
 /// The verdict for a scaled stack of `n` functions integrated by `own`, from the largest

@@ -1,35 +1,50 @@
-//! `experiment finetune` (paper.md §3.2, §3.3, §3.5; Table 2 and Figure 3(a, b)) on TinyResNet:
+//! `experiment finetune` (paper.md §3.2, §3.3, §3.5; Table 2 and Figure 3(a, b)) on TinyResNet
+//! or on the authors' bottleneck ResNet (`IResNetAuto2` → `ResNetMemoryCustom`) at a CPU-sized
+//! width:
 //!
 //! 1. pre-train a tied (ODE-like) model at a small depth, and an untied one at the same depth;
 //! 2. Fig. 3(a): both evaluated at other depths (piecewise copies: a tied model stays tied, so
 //!    its copy is a finer or coarser discretisation of the same ODE);
-//! 3. Table 2: the tied model untied into a deep model (its logits checked equal to the tied
-//!    model's at that depth), then only `--train-stages` fine-tuned with the adjoint, with
+//! 3. Table 2: the tied model untied into a deep model, its deep stage (TinyResNet's only stack,
+//!    the authors' `layer3`, as in their [4, 4, 32, 4]) copied to `--deep-depth` functions (its
+//!    logits checked equal to the tied model's at that depth), then only `--train-stages`
+//!    (default: the deep stage) fine-tuned with the adjoint, with
 //!    backprop, and, as a control, the tied model at that depth without untying, for the same
 //!    epochs and seeds; plus the measured activation memory of one step at two depths;
-//! 4. doctor's smoothness and adjoint gradient error before and after;
+//! 4. doctor's smoothness, adjoint gradient error and verdict on the deep stage, before and
+//!    after;
 //! 5. Fig. 3(b): the untied deep model trained from scratch with the adjoint and with backprop.
 //!
 //! Every training is a run directory under `OUT/runs/` (`run.json`, `metrics.jsonl`,
 //! checkpoints), resumed when the experiment is run again with the same flags.
 
 use super::{num, progress, Outcome};
+use crate::bench::step_activation_bytes;
 use crate::data::{batches, Batch, DataSpec, Split};
 use crate::device::Placement;
-use crate::doctor::{diagnose, DoctorConfig, StageReport};
+use crate::doctor::{
+    checkpoint_k, finite_step, stack_gradient_error, stack_smoothness, verdict, DEFAULT_TOL,
+};
 use crate::grad::GradMode;
-use crate::models::{Arch, Model};
-use crate::params::{independent_copy, parameter_bytes};
+use crate::import::{load_model, Checkpoint, ImportOptions};
+use crate::metrics::GradientError;
+use crate::models::{Arch, InputShape, Model, ModelSpec};
+use crate::norm::BnMode;
+use crate::params::independent_copy;
 use crate::plot::{bars, lines, Bar, Series, SeriesStyle};
 use crate::report::{write_csv, write_json, Claim};
 use crate::rng::Rng;
+use crate::scheme::Scheme;
 use crate::train::{
     evaluate, frozen_params, load_run, prepare, score_images, step_memory, train_on, DeviceBatch,
     EpochMetrics, Prepared, TrainConfig, TrainOptions, TrainResult, RUN_FILE,
 };
 use crate::{Error, Result};
+use burn::tensor::Tensor;
 use serde::Serialize;
+use std::fmt;
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 
 /// Where the experiment looks for Fashion-MNIST when `--data` is not given.
 pub const FASHION_MNIST_DIR: &str = "/usr/share/datasets/fashion-mnist";
@@ -51,14 +66,82 @@ pub const MEMORY_REPS: usize = 8;
 /// "Far larger": the ratio of the adjoint's gradient errors, scratch vs fine-tuned.
 pub const FAR_LARGER: f64 = 10.0;
 
+/// The architectures the experiment fine-tunes (`--model`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Architecture {
+    /// TinyResNet: one stack of conv blocks (`layer1`), deepened and fine-tuned.
+    Tiny,
+    /// The authors' ResNet (paper.md §3.2): four stages of pre-activation bottlenecks; the
+    /// third (`layer3`) is deepened and fine-tuned, as in their [4, 4, 32, 4] (§3.5).
+    Authors,
+}
+
+impl Architecture {
+    /// Number of depth-scaled stacks.
+    pub fn stacks(self) -> usize {
+        match self {
+            Architecture::Tiny => 1,
+            Architecture::Authors => 4,
+        }
+    }
+
+    /// The stack untying deepens (index into [`Model::stack_depths`]).
+    pub fn deep_stack(self) -> usize {
+        match self {
+            Architecture::Tiny => 0,
+            Architecture::Authors => 2,
+        }
+    }
+
+    /// The deep stack's PyTorch name (`--train-stages`' default).
+    pub fn deep_stage(self) -> String {
+        format!("layer{}", self.deep_stack() + 1)
+    }
+
+    /// `--planes` when not given: TinyResNet's 16 channels; the authors' first-stage base
+    /// width 4 (theirs is 64), so the stages carry 16/32/64/128 channels: CPU-sized.
+    pub fn default_planes(self) -> usize {
+        match self {
+            Architecture::Tiny => 16,
+            Architecture::Authors => 4,
+        }
+    }
+}
+
+impl fmt::Display for Architecture {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Architecture::Tiny => "tiny",
+            Architecture::Authors => "authors",
+        })
+    }
+}
+
+impl FromStr for Architecture {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "tiny" => Ok(Architecture::Tiny),
+            "authors" => Ok(Architecture::Authors),
+            _ => Err(Error::invalid(
+                "--model",
+                format!(
+                    "`{s}`: expected tiny (TinyResNet) or authors (the authors' bottleneck ResNet)"
+                ),
+            )),
+        }
+    }
+}
+
 /// Settings of the experiment.
 #[derive(Debug, Clone)]
 pub struct Config {
     /// What every training shares (data, batch size, optimiser, limits, planes, batch norm).
     pub train: TrainConfig,
-    /// Depth the tied and untied models are pre-trained at.
+    pub arch: Architecture,
+    /// Functions per stack the tied and untied models are pre-trained with.
     pub depth: usize,
-    /// Depth the tied model is untied into and fine-tuned at.
+    /// Functions of the deep stage after untying (the other stages keep `depth`).
     pub deep_depth: usize,
     /// Depths of the ODE-like test (Fig. 3a).
     pub eval_depths: Vec<usize>,
@@ -69,14 +152,16 @@ pub struct Config {
     pub scratch_epochs: usize,
     /// One fine-tuning run per seed and method; the first seed also seeds the pre-training.
     pub seeds: Vec<u64>,
-    /// The stages fine-tuning trains (PyTorch names; TinyResNet's stack is `layer1`).
+    /// The stages fine-tuning trains (PyTorch names: stem, layer1…, head).
     pub train_stages: Vec<String>,
     /// Images in the batch doctor measures on.
     pub grad_batch: usize,
     /// Why the data is what it is (the Fashion-MNIST fallback), for the report.
     pub data_note: Option<String>,
-    /// A finished tied TinyResNet run directory (`resnet-ode train --tied --out DIR`) used
-    /// instead of pre-training one (`--init`); it must match `--depth`, `--planes` and the data.
+    /// The tied model to untie instead of pre-training one (`--init`): a finished tied run
+    /// directory (`resnet-ode train --tied --out DIR`), or for the authors' architecture their
+    /// tied PyTorch checkpoint (`IResNetAuto2`); it must match `--depth` (a run), `--planes`
+    /// and the data's images and classes.
     pub init: Option<PathBuf>,
     /// The command line, for the report.
     pub command: String,
@@ -96,6 +181,7 @@ impl Default for Config {
         train.model.planes = 16;
         Self {
             train,
+            arch: Architecture::Tiny,
             depth: 8,
             deep_depth: 32,
             eval_depths: vec![2, 4, 8, 16, 32, 64],
@@ -205,20 +291,39 @@ impl Config {
                 format!("{}: must be positive", self.finetune_lr),
             ));
         }
-        if self.train.model.arch != Arch::Tiny {
-            return Err(Error::invalid(
-                "--model",
-                "the experiment trains TinyResNet",
-            ));
-        }
         self.configs().iter().try_for_each(TrainConfig::check)
+    }
+
+    /// Functions per stack: `depth` everywhere but the deep stage's `deep`.
+    pub fn depths(&self, deep: usize) -> Vec<usize> {
+        let mut v = vec![self.depth; self.arch.stacks()];
+        v[self.arch.deep_stack()] = deep;
+        v
+    }
+
+    /// The model of `depths` functions per stack.
+    fn spec(&self, depths: &[usize], tied: bool) -> ModelSpec {
+        let mut m = self.train.model.clone();
+        m.tied = tied;
+        match self.arch {
+            Architecture::Tiny => {
+                m.arch = Arch::Tiny;
+                m.depth = Some(depths[0]);
+            }
+            Architecture::Authors => {
+                let mut layers = [1; 4];
+                layers.iter_mut().zip(depths).for_each(|(l, d)| *l = d + 1);
+                m.arch = Arch::Authors(layers);
+                m.depth = None;
+            }
+        }
+        m
     }
 
     /// The pre-training of the tied (`tied`) or untied model.
     fn pretrain(&self, tied: bool) -> TrainConfig {
         let mut c = self.train.clone();
-        c.model.depth = Some(self.depth);
-        c.model.tied = tied;
+        c.model = self.spec(&self.depths(self.depth), tied);
         c.grad = GradMode::Backprop;
         c.epochs = self.pretrain_epochs;
         c.seed = self.seeds[0];
@@ -230,8 +335,7 @@ impl Config {
     /// the tied function did, whose gradient sums its N copies'.
     fn finetune(&self, method: Method, seed: u64) -> TrainConfig {
         let mut c = self.train.clone();
-        c.model.depth = Some(self.deep_depth);
-        c.model.tied = method == Method::Tied;
+        c.model = self.spec(&self.depths(self.deep_depth), method == Method::Tied);
         c.adaptive_lr = method != Method::Tied;
         c.grad = method.mode();
         c.epochs = self.finetune_epochs;
@@ -244,8 +348,7 @@ impl Config {
     /// The untied deep model trained from scratch (all stages) in `mode` (Fig. 3b).
     fn scratch(&self, mode: GradMode) -> TrainConfig {
         let mut c = self.train.clone();
-        c.model.depth = Some(self.deep_depth);
-        c.model.tied = false;
+        c.model = self.spec(&self.depths(self.deep_depth), false);
         c.adaptive_lr = true;
         c.grad = mode;
         c.epochs = self.scratch_epochs;
@@ -307,10 +410,11 @@ pub struct MemoryRow {
     pub depth: usize,
     /// The tied model (its parameters, hence its gradients, do not grow with depth).
     pub tied: bool,
-    /// Peak heap bytes of the step.
+    /// Peak heap bytes of one whole training step.
     pub bytes: usize,
-    /// The peak less the parameter gradients it holds at its end (which grow with an untied
-    /// model's depth whatever the gradient mode): the activations.
+    /// The deep stage's activation memory: the transient peak of one step of that stack
+    /// alone, less the gradients it returns (which grow with an untied stack's depth whatever
+    /// the gradient mode).
     pub activation_bytes: usize,
 }
 
@@ -324,6 +428,8 @@ pub struct DoctorRow {
     /// Adjoint vs backprop, median over the stage's tensors of mean((g_b − g_a)²)/mean(g_b²).
     pub grad_median: f64,
     pub grad_max: f64,
+    /// The same with Heun's scheme (its largest per-tensor error).
+    pub heun_grad_max: f64,
     pub verdict: String,
 }
 
@@ -393,7 +499,7 @@ pub fn run(cfg: &Config, p: &Placement, out: &Path, show: bool) -> Result<Data> 
     data.tied_acc = 100.0 * evaluate(&tied, &ctx.prepared.test, p)?.1;
     data.untied_acc = final_acc(&untied);
     data.depths = ctx.depth_rows(&tied, &untied.model)?;
-    let deep_tied = tied.piecewise_copy(cfg.deep_depth)?;
+    let deep_tied = tied.piecewise_copy_each(&cfg.depths(cfg.deep_depth))?;
     let deep = deep_tied.untie();
     data.untie_rel_diff = ctx.logit_difference(&deep_tied, &deep)?;
     data.acc_before = 100.0 * evaluate(&deep, &ctx.prepared.test, p)?.1;
@@ -401,7 +507,7 @@ pub fn run(cfg: &Config, p: &Placement, out: &Path, show: bool) -> Result<Data> 
     data.memory_counted = crate::memory::is_counting();
     let batch = ctx.doctor_batch()?;
     data.doctor
-        .push(doctor_row("pre-trained tied", &deep_tied, &batch)?);
+        .push(ctx.doctor_row("pre-trained tied", &deep_tied, &batch)?);
     write_json(&partial, &data)?;
     bar.inc(1);
     for &seed in &cfg.seeds {
@@ -416,7 +522,8 @@ pub fn run(cfg: &Config, p: &Placement, out: &Path, show: bool) -> Result<Data> 
             let result = ctx.train(&name, &cfg.finetune(method, seed), Some(start))?;
             if seed == cfg.seeds[0] && method != Method::Tied {
                 let label = format!("fine-tuned {}", method.name());
-                data.doctor.push(doctor_row(&label, &result.model, &batch)?);
+                data.doctor
+                    .push(ctx.doctor_row(&label, &result.model, &batch)?);
             }
             data.finetune.push(finetune_row(method, seed, &result));
             write_json(&partial, &data)?;
@@ -428,7 +535,8 @@ pub fn run(cfg: &Config, p: &Placement, out: &Path, show: bool) -> Result<Data> 
         let name = format!("scratch-{mode}");
         let result = ctx.train(&name, &cfg.scratch(mode), None)?;
         let label = format!("scratch, trained with {mode}");
-        data.doctor.push(doctor_row(&label, &result.model, &batch)?);
+        data.doctor
+            .push(ctx.doctor_row(&label, &result.model, &batch)?);
         data.curves.push(Curve {
             run: name,
             history: result.history,
@@ -471,49 +579,105 @@ fn load<'a>(cfg: &'a Config, p: &'a Placement, out: &Path) -> Result<Ctx<'a>> {
     })
 }
 
-/// The last checkpoint of `--init` run `dir`, refused (naming the flag at fault) unless it is
-/// a tied TinyResNet of `--depth` and `--planes` for the data's images and classes.
-fn init_model(dir: &Path, cfg: &Config, data: &Prepared, p: &Placement) -> Result<Model> {
-    let (record, _, model) = load_run(dir, p)?;
+/// The tied model of `--init`: the last checkpoint of a run directory, or (the authors'
+/// architecture) their tied PyTorch checkpoint; refused, naming the flag at fault, unless it
+/// is a tied model of the experiment's architecture, `--depth` (a run; a PyTorch checkpoint
+/// of a tied model has no depth) and `--planes`, for the data's images and classes.
+fn init_model(path: &Path, cfg: &Config, data: &Prepared, p: &Placement) -> Result<Model> {
+    if !path.is_dir() {
+        return init_checkpoint(path, cfg, data, p);
+    }
+    let (record, _, model) = load_run(path, p)?;
     let spec = &record.config.model;
-    let what = format!("{}", dir.display());
-    if spec.arch != Arch::Tiny || !model.is_tied() {
+    let what = format!("{}", path.display());
+    let same_arch = match cfg.arch {
+        Architecture::Tiny => spec.arch == Arch::Tiny,
+        Architecture::Authors => matches!(spec.arch, Arch::Authors(_)),
+    };
+    if !same_arch || !model.is_tied() {
         let tied = if model.is_tied() { "tied" } else { "untied" };
         return Err(Error::invalid(
             "--init",
-            format!("{what} holds an {tied} {} run: the experiment needs a tied TinyResNet (resnet-ode train --tied)", spec.arch),
-        ));
-    }
-    if record.input != data.input {
-        let (a, b) = (record.input, data.input);
-        return Err(Error::invalid(
-            "--init",
             format!(
-                "{what} was trained on {}×{}×{} images with {} classes; --data has {}×{}×{} with {}",
-                a.channels, a.height, a.width, a.classes, b.channels, b.height, b.width, b.classes
+                "{what} holds an {tied} {} run: --model {} needs a tied {} run (resnet-ode train --tied)",
+                spec.arch,
+                cfg.arch,
+                cfg.spec(&cfg.depths(cfg.depth), true).arch
             ),
         ));
     }
-    if spec.planes != cfg.train.model.planes {
-        return Err(Error::invalid(
-            "--planes",
-            format!(
-                "{}: the --init run has {} channels",
-                cfg.train.model.planes, spec.planes
-            ),
-        ));
-    }
-    let depth = model.stack_depths().first().copied().unwrap_or(0);
-    if depth != cfg.depth {
+    check_input(&what, record.input, data)?;
+    check_planes(spec.planes, cfg)?;
+    let depths = model.stack_depths();
+    if depths.iter().any(|&d| d != cfg.depth) {
         return Err(Error::invalid(
             "--depth",
             format!(
-                "{}: the --init run was trained at depth {depth}; pass --depth {depth}",
-                cfg.depth
+                "{}: the --init run was trained with {depths:?} functions per stack; pass --depth {}",
+                cfg.depth,
+                depths.first().copied().unwrap_or(0)
             ),
         ));
     }
     Ok(model)
+}
+
+/// `--init FILE`: the authors' tied PyTorch checkpoint (`IResNetAuto2`, any wrapper), loaded
+/// strictly into the tied model of `--depth` functions per stack (its weights do not fix a
+/// depth).
+fn init_checkpoint(path: &Path, cfg: &Config, data: &Prepared, p: &Placement) -> Result<Model> {
+    if cfg.arch != Architecture::Authors {
+        return Err(Error::invalid(
+            "--init",
+            format!(
+                "{}: not a run directory; a tied TinyResNet has no PyTorch layout, so --model tiny takes a finished tied run (resnet-ode train --tied --out DIR)",
+                path.display()
+            ),
+        ));
+    }
+    let spec = cfg.spec(&cfg.depths(cfg.depth), true);
+    let checkpoint = Checkpoint::open(path)?;
+    let found = checkpoint.input(&spec, data.input.height, data.input.width)?;
+    check_input(&path.display().to_string(), found, data)?;
+    let options = ImportOptions { partial: false };
+    load_model(path, &spec, data.input, p, &options)
+}
+
+/// Refuses an `--init` model made for other images or classes than `--data`'s.
+fn check_input(what: &str, found: InputShape, data: &Prepared) -> Result<()> {
+    let want = data.input;
+    if (found.channels, found.classes) == (want.channels, want.classes)
+        && (found.height, found.width) == (want.height, want.width)
+    {
+        return Ok(());
+    }
+    Err(Error::invalid(
+        "--init",
+        format!(
+            "{what} was made for {}×{}×{} images with {} classes; --data has {}×{}×{} with {}",
+            found.channels,
+            found.height,
+            found.width,
+            found.classes,
+            want.channels,
+            want.height,
+            want.width,
+            want.classes
+        ),
+    ))
+}
+
+fn check_planes(planes: usize, cfg: &Config) -> Result<()> {
+    if planes == cfg.train.model.planes {
+        return Ok(());
+    }
+    Err(Error::invalid(
+        "--planes",
+        format!(
+            "{}: the --init model has {planes} base channels",
+            cfg.train.model.planes
+        ),
+    ))
 }
 
 impl Ctx<'_> {
@@ -568,16 +732,26 @@ impl Ctx<'_> {
         Ok(diff / scale.max(f64::MIN_POSITIVE))
     }
 
-    /// One training step's memory of the untied and the tied model at the deep depth and twice
-    /// it, with the adjoint (and its one-thread form) and with backprop: the largest of
-    /// [`MEMORY_REPS`] peaks (the default adjoint's second thread makes a single peak vary with
-    /// thread timing: with 3 repetitions its 2N/N ratio read 0.98 in one run, 1.15 in another).
+    /// Memory at the deep depth and twice it, untied and tied, with the adjoint (and its
+    /// one-thread form) and with backprop: the heap peak of one whole training step, and the
+    /// deep stage's activation memory alone (a step of that stack from its input on the same
+    /// batch, loss mean(x_N²): its transient peak, less what it returns, its parameter
+    /// gradients and dL/dx₀; what `bench memory` measures). Each the largest of
+    /// [`MEMORY_REPS`] (the default adjoint's second thread makes a single peak vary with
+    /// thread timing: with 3 repetitions a 2N/N ratio read 0.98 in one run, 1.15 in another).
     fn memory(&self, deep_tied: &Model) -> Result<Vec<MemoryRow>> {
         let batch = self.first_batch(self.cfg.train.batch_size)?;
         let (classes, bn) = (self.prepared.input.classes, self.cfg.train.bn);
+        let stack = self.cfg.arch.deep_stack();
+        let images = DeviceBatch::new(self.p, &batch, classes).images;
+        let x0 = deep_tied
+            .stack_inputs(images, bn)
+            .into_iter()
+            .nth(stack)
+            .ok_or_else(|| Error::invalid("--model", "the model has no deep stack"))?;
         let mut rows = Vec::new();
         for depth in [self.cfg.deep_depth, 2 * self.cfg.deep_depth] {
-            let tied = deep_tied.piecewise_copy(depth)?;
+            let tied = deep_tied.piecewise_copy_each(&self.cfg.depths(depth))?;
             for model in [tied.untie(), tied] {
                 for mode in [
                     GradMode::Adjoint,
@@ -588,13 +762,13 @@ impl Ctx<'_> {
                         .map(|_| step_memory(&model, self.p, &batch, classes, &[mode], bn))
                         .max()
                         .unwrap_or(0);
-                    let grads = parameter_bytes(&model, self.p.precision.bytes());
                     rows.push(MemoryRow {
                         mode: mode.to_string(),
                         depth,
                         tied: model.is_tied(),
                         bytes,
-                        activation_bytes: bytes.saturating_sub(grads),
+                        activation_bytes: stage_activation_bytes(&model, stack, &x0, mode, bn)
+                            .unwrap_or(0),
                     });
                 }
             }
@@ -610,6 +784,45 @@ impl Ctx<'_> {
             .ok_or_else(|| Error::invalid("--data", "the training set is empty"))
     }
 
+    /// Doctor's measurements of `model`'s deep stack: the weights' smoothness over depth, the
+    /// adjoint's gradient error with Euler and with Heun (that stack in adjoint mode, every
+    /// other in backprop, against backprop everywhere, per tensor as doctor does), and
+    /// doctor's verdict from them at its default tolerance.
+    fn doctor_row(&self, label: &str, model: &Model, batch: &DeviceBatch) -> Result<DoctorRow> {
+        let (stack, bn) = (self.cfg.arch.deep_stack(), self.cfg.train.bn);
+        let error = |scheme: Scheme| -> Result<Option<GradientError>> {
+            let Ok(m) = model.with_scheme(scheme) else {
+                return Ok(None);
+            };
+            let backprop = finite_step(&m, batch, &[GradMode::Backprop], bn)?;
+            stack_gradient_error(&m, batch, bn, stack, &backprop).map(Some)
+        };
+        let (euler, heun) = (error(Scheme::Euler)?, error(Scheme::Heun)?);
+        let own = self.cfg.train.model.scheme;
+        let own_error = if own == Scheme::Heun { &heun } else { &euler };
+        let n = model.stack_depths()[stack];
+        let max = |e: &Option<GradientError>| e.as_ref().map(|g| g.max_rel_sq_error);
+        let v = verdict(
+            own,
+            n,
+            max(own_error),
+            max(&heun),
+            checkpoint_k(own.steps(n)),
+            DEFAULT_TOL,
+        );
+        Ok(DoctorRow {
+            model: label.into(),
+            depth: n,
+            smoothness: stack_smoothness(model, stack),
+            grad_median: own_error
+                .as_ref()
+                .map_or(f64::NAN, |g| g.median_rel_sq_error()),
+            grad_max: max(own_error).unwrap_or(f64::NAN),
+            heun_grad_max: max(&heun).unwrap_or(f64::NAN),
+            verdict: v.label(own),
+        })
+    }
+
     fn doctor_batch(&self) -> Result<DeviceBatch> {
         let batch = self.first_batch(self.cfg.grad_batch)?;
         Ok(DeviceBatch::new(
@@ -620,21 +833,23 @@ impl Ctx<'_> {
     }
 }
 
-/// Doctor's smoothness, gradient error and verdict on `model`'s (only) stage.
-fn doctor_row(label: &str, model: &Model, batch: &DeviceBatch) -> Result<DoctorRow> {
-    let stages = diagnose(model, batch, &DoctorConfig::default())?;
-    let stage: &StageReport = stages
-        .first()
-        .ok_or_else(|| Error::invalid("--model", "the model has no residual stage"))?;
-    let grad = stage.euler.gradient;
-    Ok(DoctorRow {
-        model: label.into(),
-        depth: stage.n,
-        smoothness: stage.smoothness,
-        grad_median: grad.map_or(f64::NAN, |g| g.median_rel_sq_error),
-        grad_max: grad.map_or(f64::NAN, |g| g.max_rel_sq_error),
-        verdict: stage.verdict.label(stage.scheme),
-    })
+/// The activation memory of one step of stack `i` of `model` alone from `x0` (see
+/// [`step_activation_bytes`]); None without the counting allocator.
+fn stage_activation_bytes(
+    model: &Model,
+    i: usize,
+    x0: &Tensor<4>,
+    mode: GradMode,
+    bn: BnMode,
+) -> Option<usize> {
+    let conv = model.stacks();
+    match conv.get(i) {
+        Some(s) => step_activation_bytes(*s, x0, mode, bn, MEMORY_REPS),
+        None => {
+            let s = model.bottleneck_stacks()[i - conv.len()];
+            step_activation_bytes(s, x0, mode, bn, MEMORY_REPS)
+        }
+    }
 }
 
 /// Test accuracy (%) after the last epoch: that of the model the experiment goes on with.
@@ -697,28 +912,33 @@ fn setting(cfg: &Config, data: &Prepared) -> String {
         )
     });
     format!(
-        "TinyResNet (P = {}, Euler, batch norm `{}`) on {} ({} training / {} test images); \
-         {init}pre-training: tied and untied at depth {}, backprop, {} epochs, SGD lr {} ({}), batch {}; \
-         fine-tuning at depth {}: only {:?} trained, {} epochs, lr {} ({}; untied residual \
-         functions at lr × N), seeds {:?}; from scratch: untied at depth {}, {} epochs, lr {} \
+        "{} (planes {}, {}, batch norm `{}`) on {} ({} training / {} test images); \
+         {init}pre-training: tied and untied with {:?} functions per stack, backprop, {} epochs, SGD lr {} ({}), batch {}; \
+         fine-tuning with {:?} functions per stack: only {:?} trained, {} epochs, lr {} ({}; untied residual \
+         functions at lr × N), seeds {:?}; from scratch: untied, {:?} functions per stack, {} epochs, lr {} \
          (residual functions at lr × N); doctor on the first {} training images",
+        match cfg.arch {
+            Architecture::Tiny => "TinyResNet",
+            Architecture::Authors => "The authors' bottleneck ResNet",
+        },
         t.model.planes,
+        t.model.scheme,
         t.bn,
         t.data,
         data.train.len(),
         data.test.len(),
-        cfg.depth,
+        cfg.depths(cfg.depth),
         cfg.pretrain_epochs,
         t.lr,
         t.schedule,
         t.batch_size,
-        cfg.deep_depth,
+        cfg.depths(cfg.deep_depth),
         cfg.train_stages,
         cfg.finetune_epochs,
         cfg.finetune_lr,
         t.schedule,
         cfg.seeds,
-        cfg.deep_depth,
+        cfg.depths(cfg.deep_depth),
         cfg.scratch_epochs,
         t.lr,
         cfg.grad_batch.min(data.train.len()),
@@ -848,7 +1068,7 @@ fn memory_claims(data: &Data, cfg: &Config) -> Vec<Claim> {
     };
     let ratio = |mode: &str| bytes(mode, 2 * cfg.deep_depth) / bytes(mode, cfg.deep_depth);
     let detail = format!(
-        "peak of one training step less its parameter gradients, untied model, depth {} → {}{}",
+        "one step of the deep stage alone, transient peak less the gradients it returns, untied model, depth {} → {}{}",
         cfg.deep_depth,
         2 * cfg.deep_depth,
         if data.memory_counted {
@@ -948,6 +1168,7 @@ fn write_csvs(data: &Data, dir: &Path) -> Result<()> {
                 num(d.smoothness),
                 num(d.grad_median),
                 num(d.grad_max),
+                num(d.heun_grad_max),
                 d.verdict.clone(),
             ]
         })
@@ -958,6 +1179,7 @@ fn write_csvs(data: &Data, dir: &Path) -> Result<()> {
         "smoothness",
         "grad_median",
         "grad_max",
+        "heun_grad_max",
         "verdict",
     ];
     write_csv(&dir.join("doctor.csv"), &header, &rows)
@@ -1134,8 +1356,8 @@ fn markdown(data: &Data, cfg: &Config) -> String {
         ));
     }
     md.push_str(&format!(
-        "\n### Table 2: fine-tuning at depth {}\n\nUntying: max logit difference / max |logit| = {:.3e}; test accuracy before fine-tuning {:.2} %.\n\n| method | seeds | best test acc (%) mean | min–max | final train loss | s/epoch | step memory (MiB) |\n|---|---:|---:|---:|---:|---:|---:|\n",
-        cfg.deep_depth, data.untie_rel_diff, data.acc_before
+        "\n### Table 2: fine-tuning with {} at depth {}\n\nUntying: max logit difference / max |logit| = {:.3e}; test accuracy before fine-tuning {:.2} %.\n\n| method | seeds | best test acc (%) mean | min–max | final train loss | s/epoch | step memory (MiB) |\n|---|---:|---:|---:|---:|---:|---:|\n",
+        cfg.arch.deep_stage(), cfg.deep_depth, data.untie_rel_diff, data.acc_before
     ));
     for r in &data.summary {
         md.push_str(&format!(
@@ -1150,7 +1372,7 @@ fn markdown(data: &Data, cfg: &Config) -> String {
             mib(r.step_memory_bytes)
         ));
     }
-    md.push_str("\n![Table 2](table2.png)\n![fine-tuning](finetune_accuracy.png)\n\nMemory of one training step (measured, the largest of eight; activations = peak less the parameter gradients):\n\n| model | mode | depth | peak MiB | activations MiB |\n|---|---|---:|---:|---:|\n");
+    md.push_str("\n![Table 2](table2.png)\n![fine-tuning](finetune_accuracy.png)\n\nMemory (measured, the largest of eight): the heap peak of one whole training step, and the deep stage's activations (one step of that stack alone: its transient peak less the gradients it returns):\n\n| model | mode | depth | whole step peak MiB | deep-stage activations MiB |\n|---|---|---:|---:|---:|\n");
     for m in &data.memory {
         md.push_str(&format!(
             "| {} | {} | {} | {:.2} | {:.2} |\n",
@@ -1161,11 +1383,11 @@ fn markdown(data: &Data, cfg: &Config) -> String {
             mib(m.activation_bytes)
         ));
     }
-    md.push_str("\n### Doctor: smoothness and the adjoint's gradient error\n\n| model | depth | smoothness | grad error median | max | verdict |\n|---|---:|---:|---:|---:|---|\n");
+    md.push_str(&format!("\n### Doctor: smoothness and the adjoint's gradient error ({})\n\nPer tensor mean((g_b − g_a)²)/mean(g_b²) of the deep stage's parameters, the stage in adjoint mode and every other in backprop; verdict at doctor's tolerance {DEFAULT_TOL:.0e} on the largest.\n\n| model | depth | smoothness | grad error median | max | max (Heun) | verdict |\n|---|---:|---:|---:|---:|---:|---|\n", cfg.arch.deep_stage()));
     for d in &data.doctor {
         md.push_str(&format!(
-            "| {} | {} | {:.3} | {:.3e} | {:.3e} | {} |\n",
-            d.model, d.depth, d.smoothness, d.grad_median, d.grad_max, d.verdict
+            "| {} | {} | {:.3} | {:.3e} | {:.3e} | {:.3e} | {} |\n",
+            d.model, d.depth, d.smoothness, d.grad_median, d.grad_max, d.heun_grad_max, d.verdict
         ));
     }
     md.push_str("\n### Fig. 3(b): untied, from scratch\n\n![loss](scratch_loss.png)\n![accuracy](scratch_accuracy.png)\n\n| run | epoch | train loss | test acc (%) |\n|---|---:|---:|---:|\n");

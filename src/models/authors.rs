@@ -13,8 +13,8 @@ use super::layers::{BottleneckBlock, Head, Pool, Stem, BOTTLENECK_EXPANSION};
 use super::InputShape;
 use crate::device::Placement;
 use crate::grad::{mode_at, GradMode, StackRun};
-use crate::norm::{BnMode, Norm};
-use crate::params::independent_copy;
+use crate::norm::{BnMode, Norm, Phase};
+use crate::params::{independent_copy, plain_view};
 use crate::residual::{Bottleneck, BottleneckConfig};
 use crate::rng::Rng;
 use crate::scheme::Scheme;
@@ -133,6 +133,20 @@ impl AuthorsResNet {
         self.head.forward(Pool::Global.forward(x))
     }
 
+    /// Each stack's input on batch `x` (see [`super::Model::stack_inputs`]).
+    pub(super) fn stack_inputs(&self, x: Tensor<4>, bn: BnMode) -> Vec<Tensor<4>> {
+        let norm = || Norm::new(bn, Phase::Replay, None);
+        let m = plain_view(self);
+        let mut x = m.stem_forward(x, &mut norm());
+        let mut out = Vec::new();
+        for stage in &m.stages {
+            x = stage.first.forward(x, &mut norm());
+            out.push(x.clone());
+            x = relu(stage.stack.replay(x, bn));
+        }
+        out
+    }
+
     fn stem_forward(&self, x: Tensor<4>, norm: &mut Norm) -> Tensor<4> {
         let x = self.stem.forward(x, norm);
         if !self.imagenet {
@@ -152,32 +166,40 @@ impl AuthorsResNet {
     /// An independent copy with every shared function made N independent copies (the
     /// authors' `IResNetAuto2` → `ResNetMemoryCustom` fine-tuning start, paper.md §3.5).
     pub fn untie(&self) -> Self {
-        let Ok(model) = self.map_stacks(|s| Ok::<_, Infallible>(s.untie()));
+        let Ok(model) = self.map_stacks(|_, s| Ok::<_, Infallible>(s.untie()));
         model
     }
 
-    /// An independent copy with `depth` functions per stack (see [`Stack::piecewise_copy`]).
-    pub fn piecewise_copy(&self, depth: usize) -> Result<Self> {
-        self.map_stacks(|s| s.piecewise_copy(depth))
+    /// An independent copy with `depths[i]` functions in stack i (see
+    /// [`Stack::piecewise_copy`]): the authors' [4, 4, 32, 4] fine-tuning start deepens one
+    /// stage only.
+    pub fn piecewise_copy(&self, depths: &[usize]) -> Result<Self> {
+        self.map_stacks(|i, s| s.piecewise_copy(depths[i]))
     }
 
     /// A tied model's shared functions used `depth` times per stack.
     pub fn with_depth(&self, depth: usize) -> Result<Self> {
-        self.map_stacks(|s| super::retie(independent_copy(s), depth))
+        self.map_stacks(|_, s| super::retie(independent_copy(s), depth))
     }
 
-    /// An independent copy of every layer, each stack replaced by `copy(stack)`.
+    /// The same model integrating every stack with `scheme`.
+    pub fn with_scheme(&self, scheme: Scheme) -> Result<Self> {
+        self.map_stacks(|_, s| independent_copy(s).with_scheme(scheme))
+    }
+
+    /// An independent copy of every layer, stack i replaced by `copy(i, stack)`.
     fn map_stacks<E>(
         &self,
-        copy: impl Fn(&Stack<Bottleneck>) -> std::result::Result<Stack<Bottleneck>, E>,
+        copy: impl Fn(usize, &Stack<Bottleneck>) -> std::result::Result<Stack<Bottleneck>, E>,
     ) -> std::result::Result<Self, E> {
         let stages = self
             .stages
             .iter()
-            .map(|s| {
+            .enumerate()
+            .map(|(i, s)| {
                 Ok(AuthorsStage {
                     first: independent_copy(&s.first),
-                    stack: copy(&s.stack)?,
+                    stack: copy(i, &s.stack)?,
                 })
             })
             .collect::<std::result::Result<_, E>>()?;

@@ -177,6 +177,19 @@ impl ModelSpec {
         }
     }
 
+    /// The functions of every depth-scaled stack this spec builds, in forward order (what
+    /// [`Model::stack_depths`] reads on the model): the authors' n_k − 1 per stage; none for
+    /// torchvision's or an original CIFAR ResNet.
+    pub fn stack_depths(&self) -> Result<Vec<usize>> {
+        let n = self.stack_depth()?;
+        Ok(match self.arch {
+            Arch::Tiny => vec![n],
+            Arch::Authors(layers) => layers.iter().map(|l| l - 1).collect(),
+            Arch::CifarResNet(_) if !self.original => vec![n; 3],
+            Arch::CifarResNet(_) | Arch::Torchvision(_) => Vec::new(),
+        })
+    }
+
     /// Checks the combination of settings against a gradient mode, naming the flag at fault.
     pub fn check(&self, mode: GradMode) -> Result<()> {
         if let Arch::Torchvision(_) = self.arch {
@@ -322,6 +335,18 @@ impl Model {
         }
     }
 
+    /// The input of every depth-scaled stack (of [`Model::stack_depths`]) on batch `x`, as
+    /// [`Model::stage_inputs`] computes it: what a measurement of one stack alone starts from.
+    pub fn stack_inputs(&self, x: Tensor<4>, bn: BnMode) -> Vec<Tensor<4>> {
+        if let Model::Authors(m) = self {
+            return m.stack_inputs(x.detach().without_autodiff(), bn);
+        }
+        self.stage_inputs(x, bn)
+            .into_iter()
+            .filter_map(|(view, x)| matches!(view, StageView::Scaled(_)).then_some(x))
+            .collect()
+    }
+
     /// Inference logits (running statistics, no graph; the result is a plain tensor).
     pub fn forward_eval(&self, x: Tensor<4>) -> Tensor<2> {
         let x = x.detach().without_autodiff();
@@ -336,6 +361,9 @@ impl Model {
     /// The same model with every stack integrated by `scheme` (independent copy; Heun takes
     /// N − 1 steps of the same N functions, so this is another network unless N is large).
     pub fn with_scheme(&self, scheme: Scheme) -> Result<Model> {
+        if let Model::Authors(m) = self {
+            return Ok(Model::Authors(m.with_scheme(scheme)?));
+        }
         self.copy_with_stacks(|s| independent_copy(s).with_scheme(scheme))
     }
 
@@ -401,16 +429,37 @@ impl Model {
     /// An independent copy with `depth` functions per stack, function i copying function
     /// ⌊i·N/depth⌋ (see [`Stack::piecewise_copy`]); stem, head and other layers are copied.
     pub fn piecewise_copy(&self, depth: usize) -> Result<Model> {
-        if let Model::Authors(m) = self {
-            return Ok(Model::Authors(m.piecewise_copy(depth)?));
-        }
-        if self.stacks().is_empty() {
+        self.piecewise_copy_each(&vec![depth; self.stack_depths().len()])
+    }
+
+    /// [`Model::piecewise_copy`] with `depths[i]` functions in stack i (of
+    /// [`Model::stack_depths`]): the authors' fine-tuning start deepens one stage only
+    /// (paper.md §3.5, n_layers [4, 4, 32, 4]).
+    pub fn piecewise_copy_each(&self, depths: &[usize]) -> Result<Model> {
+        let stacks = self.stack_depths().len();
+        if stacks == 0 {
             return Err(Error::invalid(
                 "--model",
-                "the original (unscaled) CIFAR ResNet has no depth-scaled stack to copy",
+                "the model has no depth-scaled stack to copy (an original CIFAR ResNet or torchvision's)",
             ));
         }
-        self.copy_with_stacks(|s| s.piecewise_copy(depth))
+        if depths.len() != stacks {
+            return Err(Error::invalid(
+                "--depth",
+                format!(
+                    "{} depths given for a model of {stacks} stacks",
+                    depths.len()
+                ),
+            ));
+        }
+        if let Model::Authors(m) = self {
+            return Ok(Model::Authors(m.piecewise_copy(depths)?));
+        }
+        let next = std::cell::Cell::new(0);
+        self.copy_with_stacks(|s| {
+            let i = next.replace(next.get() + 1);
+            s.piecewise_copy(depths[i])
+        })
     }
 
     /// An independent copy of every layer, each depth-scaled stack replaced by `copy(stack)`.

@@ -458,13 +458,13 @@ fn initial_model(
 /// depths and tying of `config.model` (a resumed run is rebuilt from that spec).
 fn given_model(model: &Model, config: &TrainConfig) -> Result<Model> {
     let spec = &config.model;
-    let depth = spec.stack_depth()?;
-    let fits = model.stack_depths().iter().all(|&d| d == depth) && model.is_tied() == spec.tied;
+    let depths = spec.stack_depths()?;
+    let fits = model.stack_depths() == depths && model.is_tied() == spec.tied;
     if !fits {
         return Err(Error::invalid(
             "--depth",
             format!(
-                "the initial model (stack depths {:?}, tied {}) is not the {} model of depth {depth}, tied {} the run records",
+                "the initial model (stack depths {:?}, tied {}) is not the {} model of stack depths {depths:?}, tied {} the run records",
                 model.stack_depths(),
                 model.is_tied(),
                 spec.arch,
