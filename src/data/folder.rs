@@ -96,12 +96,40 @@ fn is_image(path: &Path) -> bool {
     path.is_file() && ext.is_some_and(|e| EXTENSIONS.contains(&e.as_str()))
 }
 
+/// The most pixels one image may have (4096 × 4096): far above what a classifier trains on,
+/// and its decoded floats (192 MiB in RGB) still fit beside the data set.
+pub const MAX_PIXELS: u64 = 4096 * 4096;
+
+/// The most the decoder may allocate for one image.
+pub const MAX_DECODE_BYTES: u64 = 256 << 20;
+
 /// Channels, height and width every image must share, and the file that set them.
 struct Shape {
     channels: usize,
     height: usize,
     width: usize,
     file: PathBuf,
+}
+
+impl Shape {
+    /// The error for `file`, of `width`×`height` (and `channels`, once decoded), unlike this
+    /// first image.
+    fn mismatch(&self, file: &Path, width: usize, height: usize, channels: Option<usize>) -> Error {
+        let found = match channels {
+            Some(c) => format!("{width}×{height} with {c} channel(s)"),
+            None => format!("{width}×{height}"),
+        };
+        Error::file(
+            file,
+            format!(
+                "is {found}, expected {}×{} with {} like {}; all images must share size and channel count",
+                self.width,
+                self.height,
+                self.channels,
+                self.file.display()
+            ),
+        )
+    }
 }
 
 /// Loads class folders, checking every image against the first one seen (across train and test).
@@ -164,15 +192,41 @@ impl Loader {
         Ok(ds)
     }
 
-    /// Decodes one image to C×H×W floats in [0, 1], checking it against the first image.
+    /// Decodes one image to C×H×W floats in [0, 1], checking it against the first image. The
+    /// header is read first, so an image of another size, or one larger than
+    /// [`MAX_PIXELS`], is refused before anything is decoded; the decoder may allocate at
+    /// most [`MAX_DECODE_BYTES`] (a hostile file's header cannot make it take gigabytes).
     fn decode(&mut self, file: &Path) -> Result<Vec<f32>> {
-        let img = image::ImageReader::open(file)
-            .map_err(|e| Error::file(file, format!("cannot open: {e}")))?
-            .with_guessed_format()
-            .map_err(|e| Error::file(file, format!("cannot read: {e}")))?
+        let open = || {
+            image::ImageReader::open(file)
+                .map_err(|e| Error::file(file, format!("cannot open: {e}")))?
+                .with_guessed_format()
+                .map_err(|e| Error::file(file, format!("cannot read: {e}")))
+        };
+        let (w, h) = open()?
+            .into_dimensions()
+            .map_err(|e| Error::file(file, format!("cannot decode image: {e}")))?;
+        let (width, height) = (w as usize, h as usize);
+        if let Some(first) = self
+            .first
+            .as_ref()
+            .filter(|f| (f.width, f.height) != (width, height))
+        {
+            return Err(first.mismatch(file, width, height, None));
+        }
+        if (width as u64) * (height as u64) > MAX_PIXELS {
+            return Err(Error::file(
+                file,
+                format!("is {width}×{height}: larger than the {MAX_PIXELS} pixels an image may have here; resize the images (a classifier's inputs are small)"),
+            ));
+        }
+        let mut reader = open()?;
+        let mut limits = image::Limits::default();
+        limits.max_alloc = Some(MAX_DECODE_BYTES);
+        reader.limits(limits);
+        let img = reader
             .decode()
             .map_err(|e| Error::file(file, format!("cannot decode image: {e}")))?;
-        let (width, height) = (img.width() as usize, img.height() as usize);
         let (channels, interleaved) = if img.color().has_color() {
             (3, img.to_rgb32f().into_raw())
         } else {
@@ -185,16 +239,7 @@ impl Loader {
             file: file.to_path_buf(),
         });
         if (first.channels, first.height, first.width) != (channels, height, width) {
-            return Err(Error::file(
-                file,
-                format!(
-                    "is {width}×{height} with {channels} channel(s), expected {}×{} with {} like {}; all images must share size and channel count",
-                    first.width,
-                    first.height,
-                    first.channels,
-                    first.file.display()
-                ),
-            ));
+            return Err(first.mismatch(file, width, height, Some(channels)));
         }
         Ok(planar(&interleaved, channels))
     }
@@ -292,6 +337,19 @@ mod tests {
         std::fs::write(dir.path().join("a").join("2.png"), b"not a png").unwrap();
         let err = load_image_folder(dir.path(), 0).unwrap_err().to_string();
         assert!(err.contains("2.png") && err.contains("decode"), "{err}");
+    }
+
+    #[test]
+    fn an_image_beyond_the_pixel_limit_is_refused_before_decoding() {
+        let dir = TempDir::new("folder-huge");
+        let file = dir.path().join("a").join("1.png");
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        image::GrayImage::new(4097, 4096).save(&file).unwrap();
+        let err = load_image_folder(dir.path(), 0).unwrap_err().to_string();
+        assert!(
+            err.contains("1.png") && err.contains("4097×4096") && err.contains("resize"),
+            "{err}"
+        );
     }
 
     #[test]
