@@ -161,7 +161,8 @@ impl Conv {
     }
 
     /// The convolution with the given stride. The 3×3 stride-1 "same" case, every residual
-    /// block's, goes through [`ops::conv3x3`] (flex's own kernels); the rest through burn.
+    /// block's, goes through [`ops::conv3x3`] (flex's own kernels); a 1×1 stride-1 one (a
+    /// bottleneck's) is one batched matrix product; the rest goes through burn.
     pub fn forward_strided(&self, x: Tensor<4>, stride: usize) -> Tensor<4> {
         let [cout, _, kh, kw] = self.weight.dims();
         if (kh, kw, stride, self.padding) == (3, 3, 1, 1) {
@@ -171,6 +172,9 @@ impl Conv {
             };
             return ops::conv3x3(x, self.weight.val(), bias);
         }
+        if (kh, kw, stride, self.padding) == (1, 1, 1, 0) {
+            return conv1x1(x, self.weight.val(), self.bias.as_ref().map(|b| b.val()));
+        }
         let opts = ConvOptions::new([stride, stride], [self.padding, self.padding], [1, 1], 1);
         conv2d(
             x,
@@ -179,6 +183,23 @@ impl Conv {
             opts,
         )
     }
+}
+
+/// A 1×1 stride-1 convolution as W · x_b for every image b, one batched matrix product whose
+/// backward is two more (burn-flex's conv2d pays a channels-last layout round trip and an
+/// im2col for it, and its backward is a transposed convolution: a bottleneck ResNet spent
+/// most of its step there).
+pub fn conv1x1(x: Tensor<4>, weight: Tensor<4>, bias: Option<Tensor<1>>) -> Tensor<4> {
+    let [b, cin, h, w] = x.dims();
+    let cout = weight.dims()[0];
+    let y = weight
+        .reshape([1, cout, cin])
+        .matmul(x.reshape([b, cin, h * w]));
+    let y = match bias {
+        Some(bias) => y + bias.reshape([1, cout, 1]),
+        None => y,
+    };
+    y.reshape([b, cout, h, w])
 }
 
 /// TinyResNet's residual `conv3×3 → BN → ReLU → conv3×3 → BN` (paper.md §3.4).

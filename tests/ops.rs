@@ -7,6 +7,7 @@ use burn::tensor::ops::ConvOptions;
 use burn::tensor::Tensor;
 use resnet_ode::device::{to_vec, Placement, Precision};
 use resnet_ode::ops::conv3x3;
+use resnet_ode::residual::conv1x1;
 use resnet_ode::rng::Rng;
 
 /// Largest |a − b| relative to the largest |b|, or to 1 (the inputs' scale) when that is smaller:
@@ -89,6 +90,50 @@ fn conv3x3_matches_burns_conv2d_forward_and_backward() {
             let slow = value_and_grads(&p, inputs, [xs, ws, ys], composed);
             for (what, (a, b)) in ["y", "dx", "dw", "db"].iter().zip(fast.iter().zip(&slow)) {
                 assert!(!b.is_empty(), "{what} missing");
+                let d = rel_diff(a, b);
+                assert!(
+                    d <= tol,
+                    "{precision} {:?} {what}: {d:e}",
+                    (n, cin, cout, h, w)
+                );
+            }
+        }
+    }
+}
+
+fn composed_1x1(x: Tensor<4>, w: Tensor<4>, b: Tensor<1>) -> Tensor<4> {
+    conv2d(x, w, Some(b), ConvOptions::new([1, 1], [0, 0], [1, 1], 1))
+}
+
+fn matmul_1x1(x: Tensor<4>, w: Tensor<4>, b: Tensor<1>) -> Tensor<4> {
+    conv1x1(x, w, Some(b))
+}
+
+#[test]
+fn conv1x1_as_a_matrix_product_matches_burns_conv2d() {
+    // (batch, cin, cout, h, w)
+    let shapes = [(4, 16, 4, 7, 7), (1, 3, 5, 1, 1), (3, 4, 16, 5, 2)];
+    for precision in [Precision::F32, Precision::F64] {
+        let p = Placement::flex(precision);
+        let tol = if precision == Precision::F32 {
+            2e-5
+        } else {
+            1e-12
+        };
+        for (i, &(n, cin, cout, h, w)) in shapes.iter().enumerate() {
+            let mut rng = Rng::new(10 + i as u64);
+            let (xs, ws, ys) = ([n, cin, h, w], [cout, cin, 1, 1], [n, cout, h, w]);
+            let data = [
+                rng.normals(n * cin * h * w),
+                rng.normals(cout * cin),
+                rng.normals(cout),
+                rng.normals(n * cout * h * w),
+            ];
+            let inputs = [&data[0][..], &data[1][..], &data[2][..], &data[3][..]];
+            let fast = value_and_grads(&p, inputs, [xs, ws, ys], matmul_1x1);
+            let slow = value_and_grads(&p, inputs, [xs, ws, ys], composed_1x1);
+            for (what, (a, b)) in ["y", "dx", "dw", "db"].iter().zip(fast.iter().zip(&slow)) {
+                assert!(!b.is_empty() && a.len() == b.len(), "{what} missing");
                 let d = rel_diff(a, b);
                 assert!(
                     d <= tol,

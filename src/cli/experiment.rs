@@ -278,13 +278,15 @@ pub struct FinetuneArgs {
     /// [4, 4, 32, 4]).
     #[arg(long, default_value = "tiny")]
     pub model: String,
-    /// Functions per stack the tied and untied models are pre-trained with.
-    #[arg(long, default_value_t = 8)]
-    pub depth: usize,
+    /// Functions per stack the tied and untied models are pre-trained with [default: 8 for
+    /// tiny; 3 for authors, their n_layers 4].
+    #[arg(long)]
+    pub depth: Option<usize>,
     /// Functions of the deep stage (TinyResNet's stack, the authors' layer3) after untying;
-    /// the other stages keep --depth.
-    #[arg(long, default_value_t = 32)]
-    pub deep_depth: usize,
+    /// the other stages keep --depth [default: 32 for tiny; 31 for authors, so the untied
+    /// model is their [4, 4, 32, 4]].
+    #[arg(long)]
+    pub deep_depth: Option<usize>,
     /// Depths of the ODE-like test (Fig. 3a).
     #[arg(long, value_delimiter = ',', default_value = "2,4,8,16,32,64")]
     pub eval_depths: Vec<usize>,
@@ -347,8 +349,8 @@ impl FinetuneArgs {
         cfg.train.limit_test = Some(self.limit_test);
         Ok(finetune::Config {
             arch,
-            depth: self.depth,
-            deep_depth: self.deep_depth,
+            depth: self.depth.unwrap_or(arch.default_depths().0),
+            deep_depth: self.deep_depth.unwrap_or(arch.default_depths().1),
             eval_depths: self.eval_depths.clone(),
             pretrain_epochs: self.pretrain_epochs,
             finetune_epochs: self.finetune_epochs,

@@ -98,6 +98,15 @@ impl Architecture {
         format!("layer{}", self.deep_stack() + 1)
     }
 
+    /// `--depth` and `--deep-depth` when not given: TinyResNet 8 → 32; the authors' n_layers
+    /// 4 per stage (3 functions) with layer3 untied into 31, their [4, 4, 32, 4] (paper.md §3.5).
+    pub fn default_depths(self) -> (usize, usize) {
+        match self {
+            Architecture::Tiny => (8, 32),
+            Architecture::Authors => (3, 31),
+        }
+    }
+
     /// `--planes` when not given: TinyResNet's 16 channels; the authors' first-stage base
     /// width 4 (theirs is 64), so the stages carry 16/32/64/128 channels: CPU-sized.
     pub fn default_planes(self) -> usize {
