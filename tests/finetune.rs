@@ -471,3 +471,23 @@ fn the_authors_experiment_fine_tunes_layer3_alone_from_their_checkpoint() {
     assert_eq!(b.stages[2].stack.functions.len(), 4, "layer3 untied into 4");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_diverging_fine_tuning_is_recorded_and_the_experiment_goes_on() {
+    let out = temp_dir("diverge");
+    let cfg = Config {
+        finetune_lr: 1e30,
+        ..tiny()
+    };
+    let data = finetune::run(&cfg, &p32(), &out, false).unwrap();
+    assert_eq!(data.finetune.len(), 3, "every method has its row");
+    assert!(
+        data.finetune
+            .iter()
+            .all(|r| r.diverged.is_some() && r.best_test_acc.is_nan()),
+        "{:?}",
+        data.finetune
+    );
+    assert_eq!(data.curves.len(), 2, "the scratch runs still ran");
+    let _ = std::fs::remove_dir_all(&out);
+}
