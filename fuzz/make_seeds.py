@@ -2,8 +2,8 @@
 """Seed corpora for the fuzz targets, from real files where the machine has them.
 
 Writes fuzz/seeds/<target>/*. Sources: Fashion-MNIST's IDX files (/usr/share/datasets/
-fashion-mnist, Debian's dataset-fashion-mnist), the CIFAR-10 test PNGs in ../shared/data/
-pretrained (converted to CIFAR binary records; as colour, grey and RGBA PNGs), real JPEGs (Python's
+fashion-mnist, Debian's dataset-fashion-mnist; two of its images also as CIFAR binary records
+and as colour, grey and RGBA PNGs), real JPEGs (Python's
 and the image crate's test images, where installed), the small run in
 fuzz/fixtures (written by `resnet-ode train`), and PyTorch checkpoints in both formats written
 here without torch (the pickle protocol torch uses, with two small tensors). The layout of
@@ -14,9 +14,6 @@ import collections, glob, gzip, io, os, pickle, struct, sys, sysconfig, types, z
 HERE = os.path.dirname(os.path.abspath(__file__))
 OUT = os.path.join(HERE, "seeds")
 FASHION = "/usr/share/datasets/fashion-mnist"
-PRETRAINED = os.path.join(HERE, "..", "..", "shared", "data", "pretrained")
-if not os.path.isdir(PRETRAINED):
-    PRETRAINED = "/work/shared/data/pretrained"
 FIX = os.path.join(HERE, "fixtures")
 
 
@@ -55,35 +52,6 @@ else:
     print("no Fashion-MNIST: IDX seeds skipped", file=sys.stderr)
 
 
-# --- PNG decoding (8-bit, non-interlaced), enough for the CIFAR test PNGs.
-def png_pixels(path):
-    data = open(path, "rb").read()
-    pos, idat, w = 8, b"", None
-    while pos < len(data):
-        (length,), kind = struct.unpack(">I", data[pos:pos + 4]), data[pos + 4:pos + 8]
-        body = data[pos + 8:pos + 8 + length]
-        if kind == b"IHDR":
-            w, h, depth, ctype = struct.unpack(">IIBB", body[:10])
-        elif kind == b"IDAT":
-            idat += body
-        pos += 12 + length
-    bpp = {0: 1, 2: 3, 4: 2, 6: 4}[ctype]
-    raw, stride, out, prev = zlib.decompress(idat), w * bpp, [], bytearray(w * bpp)
-    for y in range(h):
-        ft, line = raw[y * (stride + 1)], bytearray(raw[y * (stride + 1) + 1:(y + 1) * (stride + 1)])
-        for i in range(stride):
-            a = line[i - bpp] if i >= bpp else 0
-            b, c = prev[i], prev[i - bpp] if i >= bpp else 0
-            if ft == 1: line[i] = (line[i] + a) & 255
-            elif ft == 2: line[i] = (line[i] + b) & 255
-            elif ft == 3: line[i] = (line[i] + (a + b) // 2) & 255
-            elif ft == 4:
-                p = a + b - c; pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
-                line[i] = (line[i] + (a if pa <= pb and pa <= pc else b if pb <= pc else c)) & 255
-        out.append(bytes(line)); prev = line
-    return w, h, bpp, b"".join(out)
-
-
 def png(w, h, ctype, pixels):
     bpp = {0: 1, 2: 3, 6: 4}[ctype]
     raw = b"".join(b"\0" + pixels[y * w * bpp:(y + 1) * w * bpp] for y in range(h))
@@ -92,29 +60,32 @@ def png(w, h, ctype, pixels):
             + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
 
 
-pngs = sorted(f for f in os.listdir(PRETRAINED) if f.endswith(".png")) if os.path.isdir(PRETRAINED) else []
-if pngs:
-    records10, records100 = b"", b""
-    for f in pngs[:2]:
-        w, h, bpp, px = png_pixels(os.path.join(PRETRAINED, f))
-        planes = b"".join(bytes(px[i::bpp]) for i in range(3))
-        label = int(f.rsplit("_", 1)[1].split(".")[0])
+# --- Pictures: two Fashion-MNIST test images (grey 28 x 28) as CIFAR records (RGB, padded to
+# 32 x 32) and as colour, grey and RGBA PNGs. Not the CIFAR PNGs of ../shared: the minimised
+# corpus (fuzz/replay) is committed, and shared data never is.
+if os.path.isdir(FASHION):
+    im, lb = idx_pair(2)
+    pics = [(im[16 + k * 784:16 + (k + 1) * 784], lb[8 + k]) for k in range(2)]
+    records10, records100, colour = b"", b"", []
+    for px, label in pics:
+        rows = [px[r * 28:(r + 1) * 28] for r in range(28)]
+        padded = b"\0" * 64 + b"".join(b"\0\0" + row + b"\0\0" for row in rows) + b"\0" * 64
+        planes = padded + bytes(255 - v for v in padded) + padded
         records10 += bytes([label]) + planes
         records100 += bytes([label // 5, label * 10]) + planes
+        colour.append(png(28, 28, 2, b"".join(bytes([v, 255 - v, v // 2]) for v in px)))
     for sel in (0, 2):
         put("cifar", f"cifar10-sel{sel}", bytes([sel]) + records10)
         put("cifar", f"cifar100-sel{sel + 1}", bytes([sel + 1]) + records100)
-    a = open(os.path.join(PRETRAINED, pngs[0]), "rb").read()
-    b = open(os.path.join(PRETRAINED, pngs[1]), "rb").read()
+    a, b = colour
     put("image_folder", "png-png", b"\0" + split2(a, b))
     put("image_folder", "png-png-train-test", b"\x10" + split2(a, b))
-    # Grey and RGBA PNGs of the same picture (written here), and real JPEGs: Python's test
-    # image and the image crate's progressive test JPEG, where installed.
-    w, h, bpp, px = png_pixels(os.path.join(PRETRAINED, pngs[1]))
-    grey = bytes(sum(px[i * bpp:i * bpp + 3]) // 3 for i in range(w * h))
-    rgba = b"".join(px[i * bpp:i * bpp + 3] + b"\x80" for i in range(w * h))
-    put("image_folder", "png-greypng", bytes([0 | (3 << 2)]) + split2(a, png(w, h, 0, grey)))
-    put("image_folder", "rgbapng-png", bytes([3]) + split2(png(w, h, 6, rgba), b))
+    # Grey and RGBA PNGs (written here), and real JPEGs: Python's test image and the image
+    # crate's progressive test JPEG, where installed.
+    grey, _ = pics[1]
+    rgba = b"".join(bytes([v, v, 255 - v, 0x80]) for v in grey)
+    put("image_folder", "png-greypng", bytes([0 | (3 << 2)]) + split2(a, png(28, 28, 0, grey)))
+    put("image_folder", "rgbapng-png", bytes([3]) + split2(png(28, 28, 6, rgba), b))
     jpgs = glob.glob(os.path.join(sysconfig.get_paths()["stdlib"], "test", "test_email", "data", "python.jpg"))
     jpgs += glob.glob(os.path.expanduser("~/.cargo/registry/src/*/image-0.2*/tests/images/jpg/progressive/test.jpg"))[:1]
     for i, path in enumerate(jpgs):
@@ -122,7 +93,7 @@ if pngs:
         put("image_folder", f"jpg{i}-png", bytes([1]) + split2(jpg, a))
         put("image_folder", f"jpeg{i}-jpg", bytes([2 | (1 << 2)]) + split2(jpg, jpg))
 else:
-    print("no CIFAR PNGs: CIFAR and image-folder seeds skipped", file=sys.stderr)
+    print("no Fashion-MNIST: CIFAR and image-folder seeds skipped", file=sys.stderr)
 
 # --- Safetensors, run.json, state.json: the small run in fixtures/.
 model = open(os.path.join(FIX, "model-0002.safetensors"), "rb").read()

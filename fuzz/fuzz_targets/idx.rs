@@ -1,29 +1,10 @@
-//! IDX files as written (raw, or gzip when the bytes start with the gzip magic: corrupt gzip
-//! streams land here). Input: u16 split point, image-file bytes, label-file bytes; the same two
-//! files serve as `train-*` and `t10k-*`.
+//! libFuzzer target `idx`: the check is in `checks/idx.rs` (shared with the corpus replay
+//! test, `tests/fuzz_corpus.rs`).
 #![no_main]
 
-#[path = "common/mod.rs"]
+#[path = "checks/common.rs"]
 mod common;
+#[path = "checks/idx.rs"]
+mod target;
 
-use libfuzzer_sys::fuzz_target;
-use resnet_ode::data::load_idx_dir;
-
-fuzz_target!(|data: &[u8]| {
-    let (images, labels) = common::split2(data);
-    let dir = common::fresh_dir("idx");
-    for prefix in ["train", "t10k"] {
-        common::put(&dir.join(format!("{prefix}-images-idx3-ubyte")), images);
-        common::put(&dir.join(format!("{prefix}-labels-idx1-ubyte")), labels);
-    }
-    match load_idx_dir(&dir, "fuzz") {
-        Ok(split) => {
-            for ds in [&split.train, &split.test] {
-                ds.validate().expect("a loaded IDX set is valid");
-                assert_eq!(ds.images.len(), ds.len() * ds.height * ds.width);
-                assert!(ds.images.iter().all(|p| (0.0..=1.0).contains(p)));
-            }
-        }
-        Err(e) => common::assert_names(&e, &dir),
-    }
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| target::check(data));

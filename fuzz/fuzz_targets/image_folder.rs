@@ -1,46 +1,10 @@
-//! The image-folder loader (PNG/JPEG through the `image` crate). Input: a selector byte (bits
-//! 0–1: extension of the first image, 2–3: of the second; bit 4: `train/` + `test/` layout),
-//! u16 split point, then two images' bytes, in class folders `0/` and `1/`.
+//! libFuzzer target `image_folder`: the check is in `checks/image_folder.rs` (shared with the corpus replay
+//! test, `tests/fuzz_corpus.rs`).
 #![no_main]
 
-#[path = "common/mod.rs"]
+#[path = "checks/common.rs"]
 mod common;
+#[path = "checks/image_folder.rs"]
+mod target;
 
-use libfuzzer_sys::fuzz_target;
-use resnet_ode::data::{load_image_folder, load_image_folder_eval};
-
-const EXT: [&str; 4] = ["png", "jpg", "jpeg", "PNG"];
-
-fuzz_target!(|data: &[u8]| {
-    let Some((&sel, rest)) = data.split_first() else {
-        return;
-    };
-    let (a, b) = common::split2(rest);
-    let dir = common::fresh_dir("folder");
-    let (ea, eb) = (EXT[(sel & 3) as usize], EXT[((sel >> 2) & 3) as usize]);
-    if sel & 16 == 16 {
-        common::put(&dir.join(format!("train/0/a.{ea}")), a);
-        common::put(&dir.join(format!("train/1/b.{eb}")), b);
-        common::put(&dir.join(format!("test/0/a.{ea}")), a);
-        common::put(&dir.join(format!("test/1/b.{eb}")), b);
-        match load_image_folder(&dir, 0) {
-            Ok((split, names)) => {
-                assert_eq!(names, ["0", "1"]);
-                split.train.validate().expect("valid train set");
-                split.test.validate().expect("valid test set");
-            }
-            Err(e) => common::assert_names(&e, &dir),
-        }
-    } else {
-        common::put(&dir.join(format!("0/a.{ea}")), a);
-        common::put(&dir.join(format!("1/b.{eb}")), b);
-        match load_image_folder_eval(&dir) {
-            Ok(ds) => {
-                ds.validate().expect("valid set");
-                assert_eq!(ds.len(), 2);
-                assert!(ds.images.iter().all(|p| (0.0..=1.0).contains(p)));
-            }
-            Err(e) => common::assert_names(&e, &dir),
-        }
-    }
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| target::check(data));
