@@ -1,7 +1,7 @@
 //! `doctor` and `--grad auto` (issue 10, parts 3 and 4): the verdict flips between a smooth
 //! tied stack and He et al.'s ReLU blocks, the outputs are written, bad flags are errors, the
 //! hybrid policy picks per stack and trains and resumes, and per-stack gradient modes change
-//! nothing when every stack shares one.
+//! nothing when every stack shares one; the authors' bottleneck stages are measured too.
 
 use resnet_ode::data::{batches, DataSpec, Split};
 use resnet_ode::device::{Placement, Precision};
@@ -121,6 +121,39 @@ fn the_verdict_flips_between_a_trained_tied_stack_and_relu_blocks() {
             s.verdict.reason
         );
         assert!(s.verdict.reason.contains("not invertible"));
+    }
+}
+
+/// The authors' bottleneck ResNet (tied, their `IResNetAuto2`): every stage is reported as a
+/// depth-scaled stack of its bottlenecks (none were before), with the N the stage's first,
+/// downsampling block leaves, and the gradient error measured where N > 1.
+#[test]
+fn doctor_measures_the_authors_bottleneck_stages() {
+    let p = p32();
+    let spec = ModelSpec {
+        arch: Arch::Authors([2, 3, 5, 2]),
+        tied: true,
+        planes: 4,
+        ..ModelSpec::default()
+    };
+    let stages = diagnose(&fresh(&spec), &batch(&p), &DoctorConfig::default()).unwrap();
+    let n: Vec<usize> = stages.iter().map(|s| s.n).collect();
+    assert_eq!(n, [1, 2, 4, 1]);
+    for s in &stages {
+        assert_eq!(s.form, Form::Scaled);
+        assert!(
+            s.moves.max > 0.0 && s.moves.max.is_finite(),
+            "{:?}",
+            s.moves
+        );
+        let g = s.euler.gradient.expect("adjoint vs backprop measured");
+        assert!(g.max_rel_sq_error.is_finite(), "{g:?}");
+        if s.n == 1 {
+            assert_eq!(s.verdict.mode, GradMode::Backprop, "{}", s.verdict.reason);
+        } else {
+            assert!(s.tied && s.smoothness == 0.0);
+            assert!(s.euler.chained_max > 0.0);
+        }
     }
 }
 

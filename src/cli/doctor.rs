@@ -160,9 +160,9 @@ fn load_model(
     if let Some(path) = &a.init.init {
         let image = [input.channels, input.height, input.width];
         let model = a.init.load(path, &spec, image, p)?.model;
-        if matches!(model, Model::Torchvision(_) | Model::Authors(_)) {
+        if matches!(model, Model::Torchvision(_)) {
             anyhow::bail!(
-                "invalid --model: {}: doctor measures the stages of tiny and cifar-resnet models so far (torchvision's and the authors' bottleneck stages are not yet covered)",
+                "invalid --model: {}: doctor measures the stages of tiny, cifar-resnet and authors-resnet models so far (torchvision's unscaled bottleneck stages are not yet covered)",
                 spec.arch
             );
         }

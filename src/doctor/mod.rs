@@ -4,9 +4,10 @@
 //! For one real batch and every residual stage of a [`Model`] it measures what the paper says
 //! the adjoint's accuracy depends on, then recommends a gradient mode per stage:
 //!
-//! - the stage's form: a depth-scaled stack `x + f(x)/N` (invertible by the scheme's inverse
-//!   step), or He et al.'s unscaled `relu(x + g(x))` blocks, with the fraction of units their
-//!   post-addition ReLU clips (whatever it clips is lost to any reversal);
+//! - the stage's form: a depth-scaled stack `x + f(x)/N` of conv blocks or of the authors'
+//!   bottlenecks (invertible by the scheme's inverse step), or He et al.'s unscaled
+//!   `relu(x + g(x))` blocks, with the fraction of units their post-addition ReLU clips
+//!   (whatever it clips is lost to any reversal);
 //! - N, how far a step moves its input (‖f_n(x_n)/N‖/‖x_n‖; ‖g(x)‖/‖x‖ for unscaled blocks)
 //!   and the weights' smoothness over depth, max_n ‖θ_{n+1} − θ_n‖·N / mean_n ‖θ_n‖ (0 when
 //!   tied): Heun's error is second order only for smooth weights (paper.md §2, claim 4);
@@ -41,11 +42,12 @@ use crate::metrics::{gradient_error, GradientError};
 use crate::models::{Model, StageView};
 use crate::norm::BnMode;
 use crate::params::{flat_grads, flat_values, independent_copy};
-use crate::residual::ConvBlock;
+use crate::residual::Residual;
 use crate::scheme::Scheme;
 use crate::stack::Stack;
 use crate::train::{step_gradients_modes, DeviceBatch};
 use crate::{Error, Result};
+use burn::module::ModuleDisplay;
 use burn::optim::GradientsParams;
 use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
@@ -259,10 +261,11 @@ pub fn diagnose(
         let report = match view {
             StageView::Scaled(stack) => {
                 scaled += 1;
-                let e = errors
-                    .each_ref()
-                    .map(|e| e.as_ref().map(|e| &e[scaled - 1]));
-                diagnose_stack(stack, x0, e, cfg)
+                diagnose_stack(stack, x0, stack_errors(&errors, scaled - 1), cfg)
+            }
+            StageView::Bottleneck(stack) => {
+                scaled += 1;
+                diagnose_stack(stack, x0, stack_errors(&errors, scaled - 1), cfg)
             }
             StageView::Original(blocks) => original::diagnose(blocks, x0, cfg),
         };
@@ -274,10 +277,15 @@ pub fn diagnose(
     Ok(reports)
 }
 
-/// One depth-scaled stack with its input `x0` and its gradient errors with Euler and Heun
-/// (from [`stage_gradient_errors`]).
-fn diagnose_stack(
-    stack: &Stack<ConvBlock>,
+/// Stack `i`'s gradient errors with Euler and Heun, from both schemes' [`stage_gradient_errors`].
+fn stack_errors(errors: &[Option<Vec<GradientError>>; 2], i: usize) -> [Option<&GradientError>; 2] {
+    errors.each_ref().map(|e| e.as_ref().map(|e| &e[i]))
+}
+
+/// One depth-scaled stack (of conv blocks or bottlenecks) with its input `x0` and its gradient
+/// errors with Euler and Heun (from [`stage_gradient_errors`]).
+fn diagnose_stack<F: Residual<4> + ModuleDisplay>(
+    stack: &Stack<F>,
     x0: Tensor<4>,
     errors: [Option<&GradientError>; 2],
     cfg: &DoctorConfig,
@@ -299,8 +307,7 @@ fn diagnose_stack(
     };
     let moves = own_report.map_or(MeanMax::of(&[]), |r| MeanMax::of(&r.reconstruction.moves));
     let k = checkpoint_k(stack.steps());
-    let mem =
-        |s: &Stack<ConvBlock>, mode| step_activation_bytes(s, &x0, mode, cfg.bn, cfg.memory_reps);
+    let mem = |s: &Stack<F>, mode| step_activation_bytes(s, &x0, mode, cfg.bn, cfg.memory_reps);
     let memory = StageMemory {
         backprop: mem(stack, GradMode::Backprop),
         adjoint: mem(stack, GradMode::Adjoint),

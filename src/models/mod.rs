@@ -272,10 +272,12 @@ impl ModelSpec {
     }
 }
 
-/// A residual stage as `doctor` sees it: a depth-scaled stack, or He et al.'s unscaled
-/// `relu(x + g(x))` blocks (a CIFAR ResNet's blocks after each stage's first with `--original`).
+/// A residual stage as `doctor` sees it: a depth-scaled stack of conv blocks or of the authors'
+/// bottlenecks, or He et al.'s unscaled `relu(x + g(x))` blocks (a CIFAR ResNet's blocks after
+/// each stage's first with `--original`).
 pub enum StageView<'a> {
     Scaled(&'a Stack<ConvBlock>),
+    Bottleneck(&'a Stack<Bottleneck>),
     Original(&'a Vec<BasicBlock>),
 }
 
@@ -321,8 +323,8 @@ impl Model {
 
     /// Every residual stage with its input on batch `x`: batch statistics (running statistics
     /// under `BnMode::Frozen`), no graph, running statistics left alone. What `doctor`
-    /// measures each stage from. Empty for the models whose stages `doctor` does not measure
-    /// yet (torchvision's and the authors' bottleneck stages).
+    /// measures each stage from. Empty for torchvision's models, whose unscaled bottleneck
+    /// stages `doctor` does not measure yet.
     pub fn stage_inputs(&self, x: Tensor<4>, bn: BnMode) -> Vec<(StageView<'_>, Tensor<4>)> {
         let x = x.detach().without_autodiff();
         match self {
@@ -331,19 +333,22 @@ impl Model {
                 vec![(StageView::Scaled(&m.stack), x0)]
             }
             Model::Cifar(m) => m.stage_inputs(x, bn),
-            Model::Torchvision(_) | Model::Authors(_) => Vec::new(),
+            Model::Authors(m) => m
+                .stacks()
+                .into_iter()
+                .map(StageView::Bottleneck)
+                .zip(m.stack_inputs(x, bn))
+                .collect(),
+            Model::Torchvision(_) => Vec::new(),
         }
     }
 
     /// The input of every depth-scaled stack (of [`Model::stack_depths`]) on batch `x`, as
     /// [`Model::stage_inputs`] computes it: what a measurement of one stack alone starts from.
     pub fn stack_inputs(&self, x: Tensor<4>, bn: BnMode) -> Vec<Tensor<4>> {
-        if let Model::Authors(m) = self {
-            return m.stack_inputs(x.detach().without_autodiff(), bn);
-        }
         self.stage_inputs(x, bn)
             .into_iter()
-            .filter_map(|(view, x)| matches!(view, StageView::Scaled(_)).then_some(x))
+            .filter_map(|(view, x)| (!matches!(view, StageView::Original(_))).then_some(x))
             .collect()
     }
 
