@@ -34,6 +34,9 @@ use resnet_ode::rng::Rng;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 
+/// A fuzz target's check of one input.
+type Check = fn(&[u8]);
+
 /// Mutated inputs per target (`FUZZ_REPLAY_MUTATIONS` overrides): a few seconds in all.
 const MUTATIONS: usize = 2000;
 
@@ -94,7 +97,7 @@ fn mutate(input: &[u8], rng: &mut Rng) -> Vec<u8> {
 }
 
 /// Runs `check` on every corpus input of `target` and on seeded mutations of them.
-fn replay(target: &str, check: fn(&[u8])) {
+fn replay(target: &str, check: Check) {
     let inputs = corpus(target);
     let mutations = std::env::var("FUZZ_REPLAY_MUTATIONS")
         .ok()
@@ -125,7 +128,7 @@ fn replay(target: &str, check: fn(&[u8])) {
 /// Every target in turn (one process-wide scratch folder, removed at the end).
 #[test]
 fn every_target_on_its_corpus() {
-    let targets: [(&str, fn(&[u8])); 8] = [
+    let targets: [(&str, Check); 8] = [
         ("idx", idx::check),
         ("idx_gz", idx_gz::check),
         ("cifar", cifar::check),
