@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Seed corpora for the fuzz targets, from real files where the machine has them.
 
-Writes fuzz/seeds/<target>/*. Sources: Fashion-MNIST's IDX files (/usr/share/datasets/
+Writes fuzz/seeds/<target>/* (or DIR/<target>/* with `make_seeds.py DIR`: tests/fuzz_corpus.rs). Sources: Fashion-MNIST's IDX files (/usr/share/datasets/
 fashion-mnist, Debian's dataset-fashion-mnist; two of its images also as CIFAR binary records
 and as colour, grey and RGBA PNGs), real JPEGs (Python's
 and the image crate's test images, where installed), the small run in
@@ -12,7 +12,7 @@ each target's input (selector bytes, split points) is described at the top of it
 import collections, glob, gzip, io, os, pickle, struct, sys, sysconfig, types, zipfile, zlib
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-OUT = os.path.join(HERE, "seeds")
+OUT = sys.argv[1] if len(sys.argv) > 1 else os.path.join(HERE, "seeds")
 FASHION = "/usr/share/datasets/fashion-mnist"
 FIX = os.path.join(HERE, "fixtures")
 

@@ -23,7 +23,7 @@ for t in "${targets[@]}"; do
   # (burn-autodiff keeps ~17 KB per weights file loaded: the safetensors target), one
   # allocation 2 GB.
   # Seeds: python3 fuzz/make_seeds.py (run first); corpus/ if a minimised one is present.
-  mkdir -p "corpus/$t" "seeds/$t"
+  mkdir -p "corpus/$t" "seeds/$t" "replay/$t"
   cargo fuzz run -s none "$t" "$work/$t" "corpus/$t" "seeds/$t" "replay/$t" -- -max_total_time="$secs" -timeout=10 \
     -rss_limit_mb=4096 -malloc_limit_mb=2048 -print_final_stats=1 -artifact_prefix="artifacts/$t/" 2>&1 |
     grep -E '^(#[0-9]+ +DONE|stat::number_of_executed_units|Done|==[0-9]+==|SUMMARY)|panicked' || true

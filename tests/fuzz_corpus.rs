@@ -1,9 +1,11 @@
 //! The fuzz targets' checks (`fuzz/fuzz_targets/checks/`, the very code libFuzzer runs) on the
-//! committed minimised corpus (`fuzz/replay/TARGET/`, from `cargo fuzz cmin`) and on seeded
-//! mutations of it. CI runs this instead of libFuzzer itself: the instrumented fuzz build takes
-//! 17 min cold on 2 cores (fuzz/README.md), this one rides on the normal test build. An input
-//! the fuzzer once found interesting, or a small mutation of one, that now panics or breaks a
-//! reader's promise (an error names its file, what loads is valid) fails here; the input is
+//! seeds `fuzz/make_seeds.py` writes at test time (from Fashion-MNIST where installed, the run in
+//! `fuzz/fixtures`, checkpoints written without torch, command lines), on any minimised corpus
+//! committed in `fuzz/replay/TARGET/`, and on seeded mutations of them. Seeds are generated, not
+//! committed: they hold dataset images, and the repository holds no data. CI runs this instead
+//! of libFuzzer itself: the instrumented fuzz build takes 17 min cold on 2 cores
+//! (fuzz/README.md), this one rides on the normal test build. An input that now panics or breaks
+//! a reader's promise (an error names its file, what loads is valid) fails here; the input is
 //! written to `target/fuzz-replay-failures/` so that `cargo fuzz run TARGET FILE` replays it.
 
 #[path = "../fuzz/fuzz_targets/checks/common.rs"]
@@ -40,16 +42,16 @@ type Check = fn(&[u8]);
 /// Mutated inputs per target (`FUZZ_REPLAY_MUTATIONS` overrides): a few seconds in all.
 const MUTATIONS: usize = 2000;
 
-fn corpus(target: &str) -> Vec<(String, Vec<u8>)> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fuzz/replay")
-        .join(target);
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e} (the committed corpus)", dir.display()))
+/// The inputs of `target`: its generated seeds (in `seeds`) and its committed corpus, if any.
+fn corpus(seeds: &Path, target: &str) -> Vec<(String, Vec<u8>)> {
+    let committed = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/replay");
+    let mut files: Vec<PathBuf> = [seeds, &committed]
+        .iter()
+        .filter_map(|dir| std::fs::read_dir(dir.join(target)).ok())
+        .flatten()
         .map(|e| e.expect("corpus entry").path())
         .collect();
     files.sort();
-    assert!(!files.is_empty(), "{}: empty corpus", dir.display());
     files
         .into_iter()
         .map(|f| {
@@ -57,6 +59,27 @@ fn corpus(target: &str) -> Vec<(String, Vec<u8>)> {
             (name, std::fs::read(&f).expect("corpus file"))
         })
         .collect()
+}
+
+/// Runs `fuzz/make_seeds.py` into a fresh folder; None (with a message) without python3.
+fn make_seeds() -> Option<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("resnet-ode-seeds-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/make_seeds.py");
+    match std::process::Command::new("python3")
+        .arg(&script)
+        .arg(&dir)
+        .output()
+    {
+        Ok(out) => {
+            assert!(out.status.success(), "{}: {out:?}", script.display());
+            Some(dir)
+        }
+        Err(e) => {
+            eprintln!("skipped: python3 is needed to write the fuzz seeds ({e})");
+            None
+        }
+    }
 }
 
 /// One of libFuzzer's simple mutations, chosen by `rng`: flip a bit, write a boundary byte,
@@ -97,8 +120,12 @@ fn mutate(input: &[u8], rng: &mut Rng) -> Vec<u8> {
 }
 
 /// Runs `check` on every corpus input of `target` and on seeded mutations of them.
-fn replay(target: &str, check: Check) {
-    let inputs = corpus(target);
+fn replay(seeds: &Path, target: &str, check: Check) {
+    let inputs = corpus(seeds, target);
+    if inputs.is_empty() {
+        eprintln!("skipped {target}: no seeds (Fashion-MNIST is absent: apt-get install -y dataset-fashion-mnist)");
+        return;
+    }
     let mutations = std::env::var("FUZZ_REPLAY_MUTATIONS")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -125,9 +152,12 @@ fn replay(target: &str, check: Check) {
     eprintln!("{target}: {} corpus inputs, {runs} runs", inputs.len());
 }
 
-/// Every target in turn (one process-wide scratch folder, removed at the end).
+/// Every target in turn (one process-wide scratch folder and the seeds, removed at the end).
 #[test]
 fn every_target_on_its_corpus() {
+    let Some(seeds) = make_seeds() else {
+        return;
+    };
     let targets: [(&str, Check); 8] = [
         ("idx", idx::check),
         ("idx_gz", idx_gz::check),
@@ -139,9 +169,10 @@ fn every_target_on_its_corpus() {
         ("cli", cli_args::check),
     ];
     for (target, check) in targets {
-        replay(target, check);
+        replay(&seeds, target, check);
     }
     std::fs::remove_dir_all(common::scratch()).expect("scratch folder removed");
+    std::fs::remove_dir_all(&seeds).expect("seeds folder removed");
 }
 
 /// The mutator reaches every kind of change, and the same seed gives the same inputs.
