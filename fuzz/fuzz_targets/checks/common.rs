@@ -1,7 +1,7 @@
 //! Shared by the fuzz targets: the library's readers take paths, so each process writes the
 //! fuzzed bytes into one scratch folder of its own (`resnet-ode-fuzz-PID` on /dev/shm when it
-//! exists), reused for every input. It is left at exit (a few KB; `scripts/fuzz-smoke.sh`
-//! removes it).
+//! exists), reused for every input. It is left at exit (a few KB; `scripts/fuzz-smoke.sh` and
+//! `tests/fuzz_corpus.rs` remove it).
 
 #![allow(dead_code)]
 
