@@ -199,7 +199,7 @@ fn the_experiment_runs_end_to_end_writes_its_files_and_resumes() {
     let data = finetune::run(&cfg, &p32(), &out, false).unwrap();
     assert!(data.untie_rel_diff <= finetune::UNTIE_TOL);
     assert_eq!(data.depths.len(), 3);
-    assert_eq!(data.summary.len(), 3);
+    assert_eq!(data.summary.len(), 4);
     assert_eq!(data.curves.len(), 2);
     let outcome = finetune::write(&data, &cfg, &out).unwrap();
     resnet_ode::experiments::write_outcome(&out, &outcome).unwrap();
@@ -225,6 +225,14 @@ fn the_experiment_runs_end_to_end_writes_its_files_and_resumes() {
     ] {
         assert!(out.join(file).exists(), "{file} missing");
     }
+    // From scratch as the paper's ResNet-101 (paper.md §3.3): every function drawn on its
+    // own (not piecewise-constant, which starts smooth in depth) and trained at the plain lr.
+    let run: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out.join("runs/scratch-adjoint/run.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(run["config"]["adaptive_lr"], false);
+    assert_eq!(run["config"]["model"]["base_depth"], cfg.deep_depth);
     // Without the counting allocator (tests) the memory ratios are NaN, written as null.
     let json = std::fs::read_to_string(out.join("report.json")).unwrap();
     let claims: Vec<serde_json::Value> = serde_json::from_str(&json).unwrap();

@@ -9,8 +9,8 @@
 //!    the authors' `layer3`, as in their [4, 4, 32, 4]) copied to `--deep-depth` functions (its
 //!    logits checked equal to the tied model's at that depth), then only `--train-stages`
 //!    (default: the deep stage) fine-tuned with the adjoint, with
-//!    backprop, and, as a control, the tied model at that depth without untying, for the same
-//!    epochs and seeds; plus the measured activation memory of one step at two depths;
+//!    backprop, and, as controls, the tied model at that depth without untying, with the
+//!    adjoint and with backprop, for the same epochs and seeds; plus the measured activation memory of one step at two depths;
 //! 4. doctor's smoothness, adjoint gradient error and verdict on the deep stage, before and
 //!    after;
 //! 5. Fig. 3(b): the untied deep model trained from scratch with the adjoint and with backprop.
@@ -41,8 +41,10 @@ use crate::train::{
 };
 use crate::{Error, Result};
 use burn::tensor::Tensor;
+use indicatif::ProgressBar;
 use serde::Serialize;
 use std::fmt;
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
@@ -159,6 +161,8 @@ pub struct Config {
     pub finetune_lr: f64,
     /// Epochs of the from-scratch runs of Fig. 3(b).
     pub scratch_epochs: usize,
+    /// Train the from-scratch runs' residual functions at lr × N instead of the plain lr.
+    pub scratch_lr_times_n: bool,
     /// One fine-tuning run per seed and method; the first seed also seeds the pre-training.
     pub seeds: Vec<u64>,
     /// The stages fine-tuning trains (PyTorch names: stem, layer1…, head).
@@ -198,6 +202,7 @@ impl Default for Config {
             finetune_epochs: 4,
             finetune_lr: 0.01,
             scratch_epochs: 6,
+            scratch_lr_times_n: false,
             seeds: vec![0, 1],
             train_stages: vec!["layer1".into()],
             grad_batch: 128,
@@ -217,7 +222,8 @@ pub fn default_data() -> (String, Option<String>) {
         (
             "digits".into(),
             Some(format!(
-                "{FASHION_MNIST_DIR} is absent on this machine, so the built-in 8×8 digits were used instead"
+                "{FASHION_MNIST_DIR} is absent on this machine, so the built-in 8×8 digits were used \
+                 instead (install Debian's dataset-fashion-mnist, or pass --data)"
             )),
         )
     }
@@ -232,16 +238,29 @@ enum Method {
     Backprop,
     /// The control: tied at the deep depth, not untied, the adjoint.
     Tied,
+    /// The control with backprop: separates what the tied form costs from what the adjoint's
+    /// gradient error costs (doctor measures that error on the tied model).
+    TiedBackprop,
 }
 
 impl Method {
-    const ALL: [Method; 3] = [Method::Adjoint, Method::Backprop, Method::Tied];
+    const ALL: [Method; 4] = [
+        Method::Adjoint,
+        Method::Backprop,
+        Method::Tied,
+        Method::TiedBackprop,
+    ];
+
+    fn tied(self) -> bool {
+        matches!(self, Method::Tied | Method::TiedBackprop)
+    }
 
     fn name(self) -> &'static str {
         match self {
             Method::Adjoint => "untied + adjoint",
             Method::Backprop => "untied + backprop",
             Method::Tied => "tied (control) + adjoint",
+            Method::TiedBackprop => "tied (control) + backprop",
         }
     }
 
@@ -250,12 +269,13 @@ impl Method {
             Method::Adjoint => "finetune-adjoint",
             Method::Backprop => "finetune-backprop",
             Method::Tied => "finetune-tied",
+            Method::TiedBackprop => "finetune-tied-backprop",
         }
     }
 
     fn mode(self) -> GradMode {
         match self {
-            Method::Backprop => GradMode::Backprop,
+            Method::Backprop | Method::TiedBackprop => GradMode::Backprop,
             _ => GradMode::Adjoint,
         }
     }
@@ -344,8 +364,8 @@ impl Config {
     /// the tied function did, whose gradient sums its N copies'.
     fn finetune(&self, method: Method, seed: u64) -> TrainConfig {
         let mut c = self.train.clone();
-        c.model = self.spec(&self.depths(self.deep_depth), method == Method::Tied);
-        c.adaptive_lr = method != Method::Tied;
+        c.model = self.spec(&self.depths(self.deep_depth), method.tied());
+        c.adaptive_lr = !method.tied();
         c.grad = method.mode();
         c.epochs = self.finetune_epochs;
         c.lr = self.finetune_lr;
@@ -354,11 +374,15 @@ impl Config {
         c
     }
 
-    /// The untied deep model trained from scratch (all stages) in `mode` (Fig. 3b).
+    /// The untied deep model trained from scratch (all stages) in `mode` (Fig. 3b), as the
+    /// paper's ResNet-101 is (paper.md §3.3): every function drawn independently (TinyResNet's
+    /// piecewise-constant initialisation would start it smooth in depth) and trained at the
+    /// plain lr unless `scratch_lr_times_n` (the authors' `--adaptive`).
     fn scratch(&self, mode: GradMode) -> TrainConfig {
         let mut c = self.train.clone();
         c.model = self.spec(&self.depths(self.deep_depth), false);
-        c.adaptive_lr = true;
+        c.model.base_depth = self.deep_depth;
+        c.adaptive_lr = self.scratch_lr_times_n;
         c.grad = mode;
         c.epochs = self.scratch_epochs;
         c.seed = self.seeds[0];
@@ -488,6 +512,18 @@ struct Ctx<'a> {
     init: Option<Model>,
 }
 
+/// Names the stage on the bar, and on its own line when stderr is not a terminal (a log
+/// file, nohup, a batch job), where the bar is not drawn.
+fn announce(bar: &ProgressBar, show: bool, stage: String) {
+    if show && !std::io::stderr().is_terminal() {
+        eprintln!(
+            "finetune: {stage} ({:.0} s elapsed)",
+            bar.elapsed().as_secs_f64()
+        );
+    }
+    bar.set_message(stage);
+}
+
 /// Runs the experiment, its trainings as run directories under `out/runs`, writing what is
 /// measured so far to `out/finetune.json` after each stage.
 pub fn run(cfg: &Config, p: &Placement, out: &Path, show: bool) -> Result<Data> {
@@ -503,7 +539,7 @@ pub fn run(cfg: &Config, p: &Placement, out: &Path, show: bool) -> Result<Data> 
         test_images: ctx.prepared.test.len(),
         ..Data::default()
     };
-    bar.set_message("pre-training");
+    announce(&bar, show, "pre-training".into());
     let tied = match &ctx.init {
         Some(model) => independent_copy(model),
         None => ctx.train("pretrain-tied", &cfg.pretrain(true), None)?.model,
@@ -526,12 +562,8 @@ pub fn run(cfg: &Config, p: &Placement, out: &Path, show: bool) -> Result<Data> 
     bar.inc(1);
     for &seed in &cfg.seeds {
         for method in Method::ALL {
-            bar.set_message(format!("{} seed {seed}", method.dir()));
-            let start = if method == Method::Tied {
-                &deep_tied
-            } else {
-                &deep
-            };
+            announce(&bar, show, format!("{} seed {seed}", method.dir()));
+            let start = if method.tied() { &deep_tied } else { &deep };
             let name = format!("{}-s{seed}", method.dir());
             let result = match ctx.train(&name, &cfg.finetune(method, seed), Some(start)) {
                 Ok(result) => result,
@@ -542,7 +574,7 @@ pub fn run(cfg: &Config, p: &Placement, out: &Path, show: bool) -> Result<Data> 
                 }
                 Err(e) => return Err(e),
             };
-            if seed == cfg.seeds[0] && method != Method::Tied {
+            if seed == cfg.seeds[0] && !method.tied() {
                 let label = format!("fine-tuned {}", method.name());
                 data.doctor
                     .push(ctx.doctor_row(&label, &result.model, &batch)?);
@@ -553,7 +585,7 @@ pub fn run(cfg: &Config, p: &Placement, out: &Path, show: bool) -> Result<Data> 
         bar.inc(1);
     }
     for mode in [GradMode::Adjoint, GradMode::Backprop] {
-        bar.set_message(format!("scratch {mode}"));
+        announce(&bar, show, format!("scratch {mode}"));
         let name = format!("scratch-{mode}");
         let result = ctx.train(&name, &cfg.scratch(mode), None)?;
         let label = format!("scratch, trained with {mode}");
@@ -924,8 +956,7 @@ fn summarize(data: &Data) -> Vec<Summary> {
             let n = rows.len() as f64;
             let accs = rows.iter().map(|r| r.best_test_acc);
             let memory = data.memory.iter().find(|m| {
-                let tied = method == Method::Tied;
-                m.depth == deep && m.tied == tied && m.mode == method.mode().to_string()
+                m.depth == deep && m.tied == method.tied() && m.mode == method.mode().to_string()
             });
             Some(Summary {
                 method: method.name().into(),
@@ -953,8 +984,8 @@ fn setting(cfg: &Config, data: &Prepared) -> String {
         "{} (planes {}, {}, batch norm `{}`) on {} ({} training / {} test images); \
          {init}pre-training: tied and untied with {:?} functions per stack, backprop, {} epochs, SGD lr {} ({}), batch {}; \
          fine-tuning with {:?} functions per stack: only {:?} trained, {} epochs, lr {} ({}; untied residual \
-         functions at lr × N), seeds {:?}; from scratch: untied, {:?} functions per stack, {} epochs, lr {} \
-         (residual functions at lr × N); doctor on the first {} training images",
+         functions at lr × N), seeds {:?}; from scratch: untied, {:?} functions per stack drawn \
+         independently, {} epochs, lr {}{}; doctor on the first {} training images",
         match cfg.arch {
             Architecture::Tiny => "TinyResNet",
             Architecture::Authors => "The authors' bottleneck ResNet",
@@ -979,6 +1010,11 @@ fn setting(cfg: &Config, data: &Prepared) -> String {
         cfg.depths(cfg.deep_depth),
         cfg.scratch_epochs,
         t.lr,
+        if cfg.scratch_lr_times_n {
+            " (residual functions at lr × N)"
+        } else {
+            ""
+        },
         cfg.grad_batch.min(data.train.len()),
     )
 }
