@@ -488,7 +488,11 @@ fn a_diverging_fine_tuning_is_recorded_and_the_experiment_goes_on() {
         ..tiny()
     };
     let data = finetune::run(&cfg, &p32(), &out, false).unwrap();
-    assert_eq!(data.finetune.len(), 3, "every method has its row");
+    assert_eq!(
+        data.finetune.len(),
+        4,
+        "every method (untied/tied × adjoint/backprop) has its row"
+    );
     assert!(
         data.finetune
             .iter()
