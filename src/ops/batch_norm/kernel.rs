@@ -1,6 +1,6 @@
 //! Batch normalisation over dimension 1 of `x[N, C, inner]` on plain slices, forward and
 //! backward in one pass each per channel, optionally followed by a ReLU. Sums accumulate in f64
-//! whatever the storage type, one channel per task in a fixed order (deterministic).
+//! lanes whatever the storage type, one channel per task in a fixed order (deterministic).
 //!
 //! The backward is the one the adjoint's `cached` mode needs (`norm.rs`): the value normalises
 //! with given statistics `(μ_c, σ²_c)`, the derivative is that of batch normalisation at `x`'s
@@ -11,8 +11,10 @@
 //! `dγ = Σ dy·(x − μ_c)/s`, `dβ = Σ dy`.
 
 use super::super::conv3x3::kernel::Real;
-use super::super::simd;
+use super::super::{simd, uninit};
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
+use std::ops::Range;
 
 /// Conversions the kernels need on top of [`Real`].
 pub trait Float: Real {
@@ -48,10 +50,10 @@ pub struct Layout {
 }
 
 impl Layout {
-    /// The `inner`-long runs of channel `c`, one per image.
-    fn runs<'a, T>(&self, v: &'a [T], c: usize) -> impl Iterator<Item = &'a [T]> {
-        let (stride, inner) = (self.c * self.inner, self.inner);
-        (0..self.n).map(move |i| &v[i * stride + c * inner..][..inner])
+    /// Images `r` of a tensor of this layout.
+    fn images<'a, T>(&self, v: &'a [T], r: Range<usize>) -> &'a [T] {
+        let stride = self.c * self.inner;
+        &v[r.start * stride..r.end * stride]
     }
 
     fn count(&self) -> f64 {
@@ -63,62 +65,101 @@ impl Layout {
 /// accumulator serialises every addition). The order is fixed, so results are too.
 const LANES: usize = 16;
 
-/// `Σ f(a_i, b_i, c_i)` of three equally long runs (one image's pixels of one channel, at most a
-/// few thousand), for `K` sums at once: [`LANES`] interleaved accumulators in the storage type
-/// within the run, the run's total in f64 (the caller adds the runs in f64).
+/// Adds one run's lane accumulators (storage type) into the channel's f64 lanes: element-wise,
+/// so vectorised (a horizontal f64 sum per run cost more than the run itself at 10×10 maps).
 #[inline(always)]
-fn lane_sums<T: Float, const K: usize>(
-    (a, b, c): (&[T], &[T], &[T]),
-    f: impl Fn(T, T, T) -> [T; K],
-) -> [f64; K] {
-    let mut acc = [[T::default(); LANES]; K];
-    let chunks = a
-        .chunks_exact(LANES)
-        .zip(b.chunks_exact(LANES))
-        .zip(c.chunks_exact(LANES));
-    for ((ac, bc), cc) in chunks {
-        for l in 0..LANES {
-            let v = f(ac[l], bc[l], cc[l]);
+fn widen<T: Float>(acc: &[T; LANES], total: &mut [f64; LANES]) {
+    for k in 0..LANES {
+        total[k] += acc[k].to_f64();
+    }
+}
+
+/// The sum of f64 lanes, in a fixed order.
+fn reduce(total: [f64; LANES]) -> f64 {
+    total.iter().sum()
+}
+
+/// `Σ f(v)` over one run (one image's pixels of one channel, at most a few thousand) in
+/// [`LANES`] accumulators of the storage type.
+#[inline(always)]
+fn run_sum<T: Float>(run: &[T], f: impl Fn(T) -> T) -> [T; LANES] {
+    let mut acc = [T::default(); LANES];
+    let full = run.len() - run.len() % LANES;
+    for chunk in run[..full].chunks_exact(LANES) {
+        for k in 0..LANES {
+            acc[k] = acc[k] + f(chunk[k]);
+        }
+    }
+    for (k, &v) in run[full..].iter().enumerate() {
+        acc[k] = acc[k] + f(v);
+    }
+    acc
+}
+
+/// Images per parallel task of the sums: about 128 KiB of one input, at least one image, at
+/// most a sixteenth of the batch (so that cores share the work). It depends on the shape only,
+/// so the order of the additions, hence every sum, does not depend on the thread count.
+fn images_per_task(l: Layout) -> usize {
+    let per_image = (l.c * l.inner).max(1);
+    (32 * 1024 / per_image).min(l.n.div_ceil(16)).max(1)
+}
+
+/// Per-channel sums of `K` quantities over the batch: `task(images)` sums a contiguous range of
+/// whole images (streaming through memory, which the hardware prefetches; one channel's runs
+/// are strided and were a seventh of a TinyResNet step), the tasks in parallel, their partial
+/// sums then added in order.
+fn batch_sums<const K: usize>(
+    l: Layout,
+    task: impl Fn(Range<usize>) -> Vec<[f64; K]> + Sync,
+) -> Vec<[f64; K]> {
+    let per = images_per_task(l);
+    let parts: Vec<Vec<[f64; K]>> = (0..l.n.div_ceil(per))
+        .into_par_iter()
+        .map(|t| task(t * per..((t + 1) * per).min(l.n)))
+        .collect();
+    let mut total = vec![[0.0; K]; l.c];
+    for part in parts {
+        for (t, p) in total.iter_mut().zip(part) {
             for k in 0..K {
-                acc[k][l] = acc[k][l] + v[k];
+                t[k] += p[k];
             }
         }
     }
-    let full = a.len() - a.len() % LANES;
-    for (l, ((&x, &y), &z)) in a[full..].iter().zip(&b[full..]).zip(&c[full..]).enumerate() {
-        let v = f(x, y, z);
-        for k in 0..K {
-            acc[k][l] = acc[k][l] + v[k];
-        }
-    }
-    acc.map(|lanes| lanes.iter().map(|v| v.to_f64()).sum())
+    total
 }
 
 /// Batch mean and biased variance of every channel (two passes, f64 sums).
 pub fn statistics<T: Float>(l: Layout, x: &[T]) -> (Vec<T>, Vec<T>) {
-    let per: Vec<(f64, f64)> = (0..l.c)
-        .into_par_iter()
-        .map(|c| channel_statistics(l, c, x))
+    let sums = batch_sums(l, |r| moment_sums(l, l.images(x, r), None));
+    let mean: Vec<T> = sums.iter().map(|s| T::from_f64(s[0] / l.count())).collect();
+    let squares = batch_sums(l, |r| moment_sums(l, l.images(x, r), Some(&mean)));
+    let var = squares
+        .iter()
+        .map(|s| T::from_f64(s[0] / l.count()))
         .collect();
-    per.into_iter()
-        .map(|(m, v)| (T::from_f64(m), T::from_f64(v)))
-        .unzip()
+    (mean, var)
 }
 
 simd::multiversion! {
-    fn channel_statistics<T: Float>(l: Layout, c: usize, x: &[T]) -> (f64, f64) {
-    let sum: f64 = l
-        .runs(x, c)
-        .map(|r| lane_sums((r, r, r), |v, _, _| [v])[0])
-        .sum();
-    let mean = sum / l.count();
-    let m = T::from_f64(mean);
-    let sq: f64 = l
-        .runs(x, c)
-        .map(|r| lane_sums((r, r, r), |v, _, _| [(v - m) * (v - m)])[0])
-        .sum();
-    (mean, sq / l.count())
-}
+    /// Per channel `Σ x` (`mean` None) or `Σ (x − mean_c)²` over `x` (whole images).
+    fn moment_sums<T: Float>(l: Layout, x: &[T], mean: Option<&[T]>) -> Vec<[f64; 1]> {
+        let mut total = vec![[0.0; LANES]; l.c];
+        if l.inner > 0 {
+            for image in x.chunks_exact(l.c * l.inner) {
+                for (c, (run, total)) in image.chunks_exact(l.inner).zip(&mut total).enumerate() {
+                    let acc = match mean {
+                        None => run_sum(run, |v| v),
+                        Some(mean) => {
+                            let m = mean[c];
+                            run_sum(run, |v| (v - m) * (v - m))
+                        }
+                    };
+                    widen(&acc, total);
+                }
+            }
+        }
+        total.into_iter().map(|t| [reduce(t)]).collect()
+    }
 }
 
 /// `y = γ (x − μ)/√(σ² + ε) + β` with the given statistics, then the ReLU if asked.
@@ -133,23 +174,25 @@ pub fn normalize<T: Float>(
     epsilon: f64,
     relu: bool,
 ) -> Vec<T> {
-    let mut y = vec![T::default(); x.len()];
     if x.is_empty() {
-        return y;
+        return Vec::new();
     }
+    let mut y = uninit::buffer(x.len());
     let stride = l.c * l.inner;
     let stats = [gamma, beta, mean, var];
     y.par_chunks_mut(stride)
         .zip(x.par_chunks(stride))
         .for_each(|(y_i, x_i)| normalize_image(l, y_i, x_i, stats, epsilon, relu));
-    y
+    // SAFETY: the chunks cover `y` (`stride` divides `x.len()`, a whole batch) and
+    // `normalize_image` writes every element of its chunk.
+    unsafe { uninit::assume_init(y) }
 }
 
 simd::multiversion! {
     /// [`normalize`] of one image (`x_i`, `y_i`: `[C, inner]`); `stats` = γ, β, mean, var.
     fn normalize_image<T: Float>(
         l: Layout,
-        y_i: &mut [T],
+        y_i: &mut [MaybeUninit<T>],
         x_i: &[T],
         stats: [&[T]; 4],
         epsilon: f64,
@@ -164,7 +207,7 @@ simd::multiversion! {
             for (o, &v) in out.iter_mut().zip(&x_i[c * inner..][..inner]) {
                 let r = v * a + b;
                 // As burn's relu: values ≤ 0 become 0, NaN passes (divergence stays visible).
-                *o = if relu && r <= T::default() { T::default() } else { r };
+                o.write(if relu && r <= T::default() { T::default() } else { r });
             }
         }
     }
@@ -185,21 +228,26 @@ pub fn backward<T: Float>(
     relu: bool,
 ) -> (Vec<T>, Vec<T>, Vec<T>) {
     let m = l.count();
-    // Per channel: μ of x, Σ dy and Σ dy (x − μ_c) over the units the ReLU passed.
-    let sums: Vec<(f64, f64, f64)> = (0..l.c)
-        .into_par_iter()
-        .map(|c| channel_sums(l, c, [x, y, dy], mean[c].to_f64(), relu))
-        .collect();
+    // Per channel: Σ x, Σ dy and Σ dy (x − μ_c) over the units the ReLU passed.
+    let sums = batch_sums(l, |r| {
+        let xyd = [
+            l.images(x, r.clone()),
+            l.images(y, r.clone()),
+            l.images(dy, r),
+        ];
+        backward_sums(l, xyd, mean, relu)
+    });
     // Per channel [γ/s, mean(g)/s, k, μ] of dx_i = (γ dy_i − mean(g))/s − (x_i − μ) k.
     let coef: Vec<[f64; 4]> = (0..l.c)
         .map(|c| {
             let s = (var[c].to_f64() + epsilon).sqrt();
-            let (mu, sd, sdx) = sums[c];
+            let [sx, sd, sdx] = sums[c];
+            let mu = sx / m;
             let g = gamma[c].to_f64();
             [g / s, g * sd / (m * s), g * sdx / (m * s * s * s), mu]
         })
         .collect();
-    let mut dx = vec![T::default(); x.len()];
+    let mut dx = uninit::buffer(x.len());
     let stride = l.c * l.inner;
     if !x.is_empty() {
         dx.par_chunks_mut(stride)
@@ -210,41 +258,55 @@ pub fn backward<T: Float>(
             });
     }
     let dgamma = (0..l.c)
-        .map(|c| T::from_f64(sums[c].2 / (var[c].to_f64() + epsilon).sqrt()))
+        .map(|c| T::from_f64(sums[c][2] / (var[c].to_f64() + epsilon).sqrt()))
         .collect();
-    let dbeta = sums.iter().map(|&(_, sd, _)| T::from_f64(sd)).collect();
-    (dx, dgamma, dbeta)
+    let dbeta = sums.iter().map(|s| T::from_f64(s[1])).collect();
+    // SAFETY: the chunks cover `dx` (a whole batch; nothing to write when empty) and `dx_image`
+    // writes every element of its chunk.
+    (unsafe { uninit::assume_init(dx) }, dgamma, dbeta)
 }
 
 simd::multiversion! {
-    /// `(μ, Σ dy, Σ dy (x − μ_c))` of channel `c` over the units the ReLU passed; `xyd` = x, y,
-    /// dy.
-    fn channel_sums<T: Float>(
+    /// Per channel `[Σ x, Σ d, Σ d (x − μ_c)]` over whole images (`xyd` = x, y, dy), with
+    /// `d = dy` where the ReLU passed (y > 0), else 0.
+    fn backward_sums<T: Float>(
         l: Layout,
-        c: usize,
         xyd: [&[T]; 3],
-        mu_c: f64,
+        mean: &[T],
         relu: bool,
-    ) -> (f64, f64, f64) {
+    ) -> Vec<[f64; 3]> {
         let [x, y, dy] = xyd;
-        // The ReLU's derivative as a factor: 0 where the output was clipped (≤ 0), else 1.
-        let pass = |out: T| {
-            if relu && out <= T::default() {
-                T::default()
-            } else {
-                T::ONE
+        let (zero, stride) = (T::default(), l.c * l.inner);
+        let mut total = vec![[[0.0; LANES]; 3]; l.c];
+        let images = x.chunks(stride.max(1)).zip(y.chunks(stride.max(1))).zip(dy.chunks(stride.max(1)));
+        for ((xi, yi), di) in images.filter(|_| stride > 0) {
+            for (c, total) in total.iter_mut().enumerate() {
+                let r = c * l.inner..(c + 1) * l.inner;
+                let (xr, yr, dr) = (&xi[r.clone()], &yi[r.clone()], &di[r]);
+                let m = mean[c];
+                let mut acc = [[zero; LANES]; 3];
+                let mut add = |k: usize, xv: T, yv: T, dv: T| {
+                    let d = if relu && yv <= zero { zero } else { dv };
+                    acc[0][k] = acc[0][k] + xv;
+                    acc[1][k] = acc[1][k] + d;
+                    acc[2][k] = acc[2][k] + d * (xv - m);
+                };
+                let full = xr.len() - xr.len() % LANES;
+                for i in (0..full).step_by(LANES) {
+                    let (xc, yc, dc) = (&xr[i..i + LANES], &yr[i..i + LANES], &dr[i..i + LANES]);
+                    for k in 0..LANES {
+                        add(k, xc[k], yc[k], dc[k]);
+                    }
+                }
+                for k in 0..xr.len() - full {
+                    add(k, xr[full + k], yr[full + k], dr[full + k]);
+                }
+                for (acc, total) in acc.iter().zip(total.iter_mut()) {
+                    widen(acc, total);
+                }
             }
-        };
-        let m = T::from_f64(mu_c);
-        let (mut sx, mut sd, mut sdx) = (0.0, 0.0, 0.0);
-        for ((xr, yr), dr) in l.runs(x, c).zip(l.runs(y, c)).zip(l.runs(dy, c)) {
-            let [a, b, c] = lane_sums((xr, yr, dr), |xv, yv, dv| {
-                let d = dv * pass(yv);
-                [xv, d, d * (xv - m)]
-            });
-            (sx, sd, sdx) = (sx + a, sd + b, sdx + c);
         }
-        (sx / l.count(), sd, sdx)
+        total.into_iter().map(|t| t.map(reduce)).collect()
     }
 }
 
@@ -253,7 +315,7 @@ simd::multiversion! {
     /// mean(g)/s, k, μ]` per channel.
     fn dx_image<T: Float>(
         l: Layout,
-        dx_i: &mut [T],
+        dx_i: &mut [MaybeUninit<T>],
         xyd: [&[T]; 3],
         coef: &[[f64; 4]],
         relu: bool,
@@ -266,7 +328,7 @@ simd::multiversion! {
             for (o, ((&xv, &yv), &dv)) in dx_i[r].iter_mut().zip(inputs) {
                 let active = !(relu && yv <= T::default());
                 let gi = if active { g_s * dv } else { T::default() };
-                *o = gi - mean_g_s - (xv - mu) * k;
+                o.write(gi - mean_g_s - (xv - mu) * k);
             }
         }
     }
