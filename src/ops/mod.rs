@@ -7,4 +7,3 @@ pub mod conv3x3;
 pub use conv3x3::conv3x3;
 pub mod batch_norm;
 pub mod simd;
-mod uninit;

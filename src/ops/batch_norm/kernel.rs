@@ -1,6 +1,7 @@
 //! Batch normalisation over dimension 1 of `x[N, C, inner]` on plain slices, forward and
 //! backward in one pass each per channel, optionally followed by a ReLU. Sums accumulate in f64
-//! lanes whatever the storage type, one channel per task in a fixed order (deterministic).
+//! lanes whatever the storage type, each task over a contiguous range of whole images (sized by
+//! the shape alone); the tasks' partial sums are added in a fixed order (deterministic).
 //!
 //! The backward is the one the adjoint's `cached` mode needs (`norm.rs`): the value normalises
 //! with given statistics `(μ_c, σ²_c)`, the derivative is that of batch normalisation at `x`'s
@@ -11,7 +12,7 @@
 //! `dγ = Σ dy·(x − μ_c)/s`, `dβ = Σ dy`.
 
 use super::super::conv3x3::kernel::Real;
-use super::super::{simd, uninit};
+use super::super::simd;
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
 use std::ops::Range;
@@ -177,7 +178,8 @@ pub fn normalize<T: Float>(
     if x.is_empty() {
         return Vec::new();
     }
-    let mut y = uninit::buffer(x.len());
+    // Not zeroed: `normalize_image` writes every element.
+    let mut y = Box::<[T]>::new_uninit_slice(x.len());
     let stride = l.c * l.inner;
     let stats = [gamma, beta, mean, var];
     y.par_chunks_mut(stride)
@@ -185,7 +187,7 @@ pub fn normalize<T: Float>(
         .for_each(|(y_i, x_i)| normalize_image(l, y_i, x_i, stats, epsilon, relu));
     // SAFETY: the chunks cover `y` (`stride` divides `x.len()`, a whole batch) and
     // `normalize_image` writes every element of its chunk.
-    unsafe { uninit::assume_init(y) }
+    unsafe { y.assume_init() }.into_vec()
 }
 
 simd::multiversion! {
@@ -247,7 +249,8 @@ pub fn backward<T: Float>(
             [g / s, g * sd / (m * s), g * sdx / (m * s * s * s), mu]
         })
         .collect();
-    let mut dx = uninit::buffer(x.len());
+    // Not zeroed: `dx_image` writes every element.
+    let mut dx = Box::<[T]>::new_uninit_slice(x.len());
     let stride = l.c * l.inner;
     if !x.is_empty() {
         dx.par_chunks_mut(stride)
@@ -263,7 +266,7 @@ pub fn backward<T: Float>(
     let dbeta = sums.iter().map(|s| T::from_f64(s[1])).collect();
     // SAFETY: the chunks cover `dx` (a whole batch; nothing to write when empty) and `dx_image`
     // writes every element of its chunk.
-    (unsafe { uninit::assume_init(dx) }, dgamma, dbeta)
+    (unsafe { dx.assume_init() }.into_vec(), dgamma, dbeta)
 }
 
 simd::multiversion! {
@@ -277,9 +280,12 @@ simd::multiversion! {
     ) -> Vec<[f64; 3]> {
         let [x, y, dy] = xyd;
         let (zero, stride) = (T::default(), l.c * l.inner);
+        if stride == 0 {
+            return vec![[0.0; 3]; l.c];
+        }
         let mut total = vec![[[0.0; LANES]; 3]; l.c];
-        let images = x.chunks(stride.max(1)).zip(y.chunks(stride.max(1))).zip(dy.chunks(stride.max(1)));
-        for ((xi, yi), di) in images.filter(|_| stride > 0) {
+        let images = x.chunks_exact(stride).zip(y.chunks_exact(stride)).zip(dy.chunks_exact(stride));
+        for ((xi, yi), di) in images {
             for (c, total) in total.iter_mut().enumerate() {
                 let r = c * l.inner..(c + 1) * l.inner;
                 let (xr, yr, dr) = (&xi[r.clone()], &yi[r.clone()], &di[r]);

@@ -8,7 +8,6 @@
 //! Used when the CPU has AVX-512F and the output channels are a multiple of 16; otherwise the
 //! im2col + GEMM kernels run.
 
-use super::super::uninit;
 use super::kernel::{self, Shape};
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
@@ -91,7 +90,8 @@ fn run(s: Shape, x: &[f32], weight: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
             }
         }
     }
-    let mut y = uninit::buffer(s.batch * s.cout * hw);
+    // Not zeroed: `store` writes every element.
+    let mut y = Box::<[f32]>::new_uninit_slice(s.batch * s.cout * hw);
     y.par_chunks_mut(s.cout * hw)
         .zip(x.par_chunks(s.cin * hw))
         .for_each_init(
@@ -102,8 +102,7 @@ fn run(s: Shape, x: &[f32], weight: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
                 )
             },
             |(pad, out), (y_n, x_n)| {
-                // SAFETY: `available` checked AVX-512F.
-                unsafe { pad_image(x_n, &s, &g, pad) };
+                pad_image(x_n, &s, &g, pad);
                 for b in 0..blocks {
                     let w = &wt[b * s.cin * 9 * BLOCK..][..s.cin * 9 * BLOCK];
                     let o = &mut out[b * BLOCK * g.lenv..][..BLOCK * g.lenv];
@@ -116,7 +115,7 @@ fn run(s: Shape, x: &[f32], weight: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
             },
         );
     // SAFETY: the chunks cover `y` (whole images) and `store` writes every element of its chunk.
-    unsafe { uninit::assume_init(y) }
+    unsafe { y.assume_init() }.into_vec()
 }
 
 /// `dW = Σ_n dY_n ⋆ x_n` and `db = Σ dY` (see [`super::kernel::weight_grad`]); `None` when not
@@ -167,8 +166,7 @@ fn run_weight_grad(s: Shape, x: &[f32], dy: &[f32]) -> (Vec<f32>, Vec<f32>) {
                 let lanes = s.cout * s.cin * 9 * BLOCK;
                 let mut acc = vec![0f32; lanes + s.cout];
                 for (dy_n, x_n) in dy_chunk.chunks(s.cout * hw).zip(x_chunk.chunks(s.cin * hw)) {
-                    // SAFETY: `available` checked AVX-512F.
-                    unsafe { pad_image(x_n, &s, &g, pad) };
+                    pad_image(x_n, &s, &g, pad);
                     // dY in the padded-width geometry: zeros in the junk columns and the tail.
                     for (src, dst) in dy_n.chunks(hw).zip(dy_pad.chunks_mut(g.lenv)) {
                         for (row, d) in src.chunks(s.w).zip(dst.chunks_mut(g.pw)) {
@@ -266,25 +264,11 @@ fn store(out: &[f32], y_n: &mut [MaybeUninit<f32>], bias: Option<&[f32]>, s: &Sh
     }
 }
 
-/// Copy one image into its padded planes (the border and the tail stay zero). Rows are short
-/// (10 floats at TinyResNet's maps), so each is one or two masked vector moves: a `memcpy` call
-/// per row cost more than the copy.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
+/// Copy one image into its padded planes (the border and the tail stay zero).
 fn pad_image(x: &[f32], s: &Shape, g: &Geometry, pad: &mut [f32]) {
-    use std::arch::x86_64::*;
     for (plane, padded) in x.chunks(s.h * s.w).zip(pad.chunks_mut(g.plane)) {
         for (row, out) in plane.chunks(s.w).zip(padded[g.pw + 1..].chunks_mut(g.pw)) {
-            let out = &mut out[..row.len()];
-            for (src, dst) in row.chunks(BLOCK).zip(out.chunks_mut(BLOCK)) {
-                let mask = (u32::MAX >> (32 - src.len())) as __mmask16;
-                // SAFETY: the mask covers `src.len()` (≤ 16) lanes, within both slices (equal
-                // lengths); masked-off lanes are neither read nor written.
-                unsafe {
-                    let v = _mm512_maskz_loadu_ps(mask, src.as_ptr());
-                    _mm512_mask_storeu_ps(dst.as_mut_ptr(), mask, v);
-                }
-            }
+            out[..s.w].copy_from_slice(row);
         }
     }
 }
