@@ -181,8 +181,13 @@ impl<F, const D: usize> StageGraph<F, D> {
 }
 
 /// ⟨a, b⟩ as a 1×1 matrix product: one pass over the data, and a backward that writes the
-/// seed gradient directly (a product then a sum would take three passes more).
+/// seed gradient directly (a product then a sum would take three passes more). Not on LibTorch:
+/// MKL's `sgemv` for a 1×n by n×1 product took 9.7 ms at TinyResNet's activation size where a
+/// product and a sum take 0.65 ms (16 % of an adjoint step).
 fn dot<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> Tensor<1> {
+    if crate::ops::on_libtorch(&a.device()) {
+        return (a * b).sum();
+    }
     let n = a.shape().num_elements();
     a.reshape([1, n]).matmul(b.reshape([n, 1])).reshape([1])
 }

@@ -165,7 +165,7 @@ pub struct BatchNorm {
 
 fn act<const D: usize>(x: Tensor<D>, relu: bool) -> Tensor<D> {
     if relu {
-        burn::tensor::activation::relu(x)
+        crate::ops::relu(x)
     } else {
         x
     }
@@ -214,7 +214,7 @@ impl BatchNorm {
         act(self.composed(x, [g, b], norm), relu)
     }
 
-    /// The training-time passes with flex's kernels: statistics, then one normalisation whose
+    /// The training-time passes with flex's or ATen's kernels: statistics, then one normalisation whose
     /// backward is batch norm's (at the batch statistics) or the straight-through one (at the
     /// cached statistics), with the ReLU fused.
     fn fused<const D: usize>(
@@ -228,6 +228,7 @@ impl BatchNorm {
             (Phase::Reconstruct | Phase::Vjp, BnMode::Cached) => norm.cached(g.dims()[0]),
             _ => None,
         };
+        let given = cached.is_some();
         let (mean, var) = match cached {
             Some(s) => (like(s.mean, &x), like(s.var, &x)),
             None => {
@@ -240,7 +241,7 @@ impl BatchNorm {
                 (mean, var)
             }
         };
-        batch_norm::normalize(x, [g, b, mean, var], self.epsilon, relu)
+        batch_norm::normalize(x, [g, b, mean, var], self.epsilon, relu, given)
     }
 
     /// The same passes composed from burn's ops (every other device).

@@ -9,9 +9,9 @@
 use crate::device::Placement;
 use crate::norm::{BatchNorm, Norm};
 use crate::ops;
+use crate::ops::relu;
 use crate::rng::Rng;
 use burn::module::{Module, Param};
-use burn::tensor::activation::relu;
 use burn::tensor::module::{conv2d, linear};
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::Tensor;

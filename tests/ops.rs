@@ -1,4 +1,5 @@
-//! The hand-written ops of `src/ops/` against burn's composition on flex, forward and backward,
+//! The hand-written ops of `src/ops/` against burn's composition on flex (and, with `tch`, on
+//! LibTorch), forward and backward,
 //! in f32 and f64, on odd shapes (batch 1, 1×1 maps, channel counts that are not multiples of
 //! 16): a fast path must compute what the composed default computes.
 
@@ -54,6 +55,19 @@ fn value_and_grads(
 
 #[test]
 fn conv3x3_matches_burns_conv2d_forward_and_backward() {
+    conv3x3_against_conv2d(Placement::flex);
+}
+
+/// LibTorch's path (ATen's `convolution_backward` through the shim) against burn-tch's
+/// composition of the same gradients.
+#[cfg(feature = "tch")]
+#[test]
+fn conv3x3_matches_burns_conv2d_on_libtorch() {
+    #[allow(deprecated)]
+    conv3x3_against_conv2d(|p| Placement::new(burn::tensor::Device::libtorch(), p));
+}
+
+fn conv3x3_against_conv2d(place: fn(Precision) -> Placement) {
     // (batch, cin, cout, h, w)
     let shapes = [
         (4, 16, 16, 10, 10),
@@ -69,7 +83,7 @@ fn conv3x3_matches_burns_conv2d_forward_and_backward() {
         (2, 3, 16, 20, 20),
     ];
     for precision in [Precision::F32, Precision::F64] {
-        let p = Placement::flex(precision);
+        let p = place(precision);
         // f32 GEMMs sum in another order than burn's: rounding of a few ulps of the sums.
         let tol = if precision == Precision::F32 {
             2e-5
@@ -184,12 +198,25 @@ fn straight_through(
 
 #[test]
 fn batch_norm_kernels_match_burns_composition() {
+    batch_norm_against_composition(Placement::flex);
+}
+
+/// LibTorch's path (ATen's batch norm, `native_batch_norm_backward` through the shim and the
+/// straight-through correction) against burn-tch's composition.
+#[cfg(feature = "tch")]
+#[test]
+fn batch_norm_kernels_match_burns_composition_on_libtorch() {
+    #[allow(deprecated)]
+    batch_norm_against_composition(|p| Placement::new(burn::tensor::Device::libtorch(), p));
+}
+
+fn batch_norm_against_composition(place: fn(Precision) -> Placement) {
     use burn::tensor::activation::relu;
     use burn::tensor::module::batch_norm_train;
     use resnet_ode::ops::batch_norm::{fast_path, normalize, statistics};
     let shapes = [[6, 16, 10, 10], [1, 3, 2, 5], [2, 1, 1, 1], [5, 17, 3, 1]];
     for precision in [Precision::F32, Precision::F64] {
-        let p = Placement::flex(precision);
+        let p = place(precision);
         let tol = if precision == Precision::F32 {
             2e-5
         } else {
@@ -205,16 +232,17 @@ fn batch_norm_kernels_match_burns_composition() {
                 random(&p, &mut rng, [c]).abs() + 0.5,
             );
             let r = random(&p, &mut rng, shape);
-            assert!(fast_path(&x0), "flex tensors take the kernels");
+            assert!(fast_path(&x0), "{:?} tensors take the kernels", p.device);
             // (name, fast, composed) as functions of (x, γ, β).
             type Bn = Box<dyn Fn(Tensor<4>, Tensor<1>, Tensor<1>) -> Tensor<4>>;
             let (mc2, vc2, mc3, vc3) = (mc.clone(), vc.clone(), mc.clone(), vc.clone());
+            let (mc4, vc4, mc5, vc5) = (mc.clone(), vc.clone(), mc.clone(), vc.clone());
             let cases: Vec<(&str, Bn, Bn)> = vec![
                 (
                     "batch statistics + relu",
                     Box::new(|x, g, b| {
                         let (m, v) = statistics(x.clone());
-                        normalize(x, [g, b, m, v], 1e-5, true)
+                        normalize(x, [g, b, m, v], 1e-5, true, false)
                     }),
                     Box::new(|x, g, b| relu(batch_norm_train(x, g, b, 1e-5).output)),
                 ),
@@ -222,16 +250,25 @@ fn batch_norm_kernels_match_burns_composition() {
                     "batch statistics",
                     Box::new(|x, g, b| {
                         let (m, v) = statistics(x.clone());
-                        normalize(x, [g, b, m, v], 1e-5, false)
+                        normalize(x, [g, b, m, v], 1e-5, false, false)
                     }),
                     Box::new(|x, g, b| batch_norm_train(x, g, b, 1e-5).output),
                 ),
                 (
                     "cached statistics (straight-through)",
                     Box::new(move |x, g, b| {
-                        normalize(x, [g, b, mc2.clone(), vc2.clone()], 1e-5, false)
+                        normalize(x, [g, b, mc2.clone(), vc2.clone()], 1e-5, false, true)
                     }),
                     Box::new(move |x, g, b| straight_through(x, g, b, mc3.clone(), vc3.clone())),
+                ),
+                (
+                    "cached statistics (straight-through) + relu",
+                    Box::new(move |x, g, b| {
+                        normalize(x, [g, b, mc4.clone(), vc4.clone()], 1e-5, true, true)
+                    }),
+                    Box::new(move |x, g, b| {
+                        relu(straight_through(x, g, b, mc5.clone(), vc5.clone()))
+                    }),
                 ),
             ];
             for (name, fast, slow) in &cases {
@@ -256,5 +293,43 @@ fn batch_norm_kernels_match_burns_composition() {
                 }
             }
         }
+    }
+}
+
+/// `ops::relu` against burn's `relu`, value and gradient, zeros included (their gradient is 0).
+fn relu_against_burns(p: &Placement) {
+    let mut rng = Rng::new(3);
+    let mut values = rng.normals(2 * 5 * 3 * 3);
+    values[..6].fill(0.0);
+    let r = random(p, &mut rng, [2, 5, 3, 3]);
+    let eval = |f: fn(Tensor<4>) -> Tensor<4>| {
+        let x = p.tensor(values.clone(), [2, 5, 3, 3]).require_grad();
+        let y = f(x.clone());
+        let grads = (y.clone() * r.clone()).sum().backward();
+        let gx = x.grad(&grads).map(|t| to_vec(&t)).unwrap_or_default();
+        (to_vec(&y), gx)
+    };
+    let (ours, burns) = (
+        eval(resnet_ode::ops::relu),
+        eval(burn::tensor::activation::relu),
+    );
+    assert!(!burns.1.is_empty(), "gradient missing");
+    assert_eq!(ours, burns, "{:?}", p.device);
+}
+
+#[test]
+fn relu_matches_burns() {
+    for precision in [Precision::F32, Precision::F64] {
+        relu_against_burns(&Placement::flex(precision));
+    }
+}
+
+/// LibTorch's ReLU backward is ATen's `threshold_backward`.
+#[cfg(feature = "tch")]
+#[test]
+fn relu_matches_burns_on_libtorch() {
+    for precision in [Precision::F32, Precision::F64] {
+        #[allow(deprecated)]
+        relu_against_burns(&Placement::new(burn::tensor::Device::libtorch(), precision));
     }
 }

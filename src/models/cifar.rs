@@ -13,6 +13,7 @@ use super::{InputShape, StageView};
 use crate::device::Placement;
 use crate::grad::{mode_at, GradMode, Segment, StackRun};
 use crate::norm::{BnMode, Norm, Phase};
+use crate::ops::relu;
 use crate::params::{accumulate, plain_view};
 use crate::residual::{ConvBlock, ConvBlockConfig};
 use crate::rng::Rng;
@@ -21,7 +22,6 @@ use crate::stack::Stack;
 use crate::{Error, Result};
 use burn::module::Module;
 use burn::optim::GradientsParams;
-use burn::tensor::activation::relu;
 use burn::tensor::Tensor;
 
 /// Channels of the three stages.

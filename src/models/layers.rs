@@ -4,10 +4,10 @@
 
 use crate::device::Placement;
 use crate::norm::{BatchNorm, Norm};
+use crate::ops::relu;
 use crate::residual::Conv;
 use crate::rng::Rng;
 use burn::module::{Module, Param};
-use burn::tensor::activation::relu;
 use burn::tensor::module::{avg_pool2d, linear};
 use burn::tensor::ops::AvgPoolOptions;
 use burn::tensor::{s, Tensor};

@@ -2,8 +2,34 @@
 //! backend) and per-backend fast paths, through burn's backend extensions (issue 12).
 //! Model code calls the functions here instead of burn's; nothing above them changes.
 
+#[cfg(feature = "tch")]
+mod aten;
+// burn 0.22 marks its LibTorch backend deprecated; it is PyTorch's own kernels, and the
+// LibTorch fast paths below are what match PyTorch's speed there.
+#[cfg_attr(feature = "tch", allow(deprecated))]
+pub mod batch_norm;
+#[cfg_attr(feature = "tch", allow(deprecated))]
 pub mod conv3x3;
+#[cfg_attr(feature = "tch", allow(deprecated))]
+pub mod relu;
+pub mod simd;
 
 pub use conv3x3::conv3x3;
-pub mod batch_norm;
-pub mod simd;
+pub use relu::relu;
+
+use burn::tensor::Device;
+
+/// Whether `device` is LibTorch's (CPU or CUDA, with or without autodiff): ATen's kernels apply.
+#[cfg(feature = "tch")]
+pub(crate) fn on_libtorch(device: &Device) -> bool {
+    use burn::backend::DispatchDevice;
+    matches!(
+        device.clone().inner().as_dispatch(),
+        DispatchDevice::LibTorch(_)
+    )
+}
+
+#[cfg(not(feature = "tch"))]
+pub(crate) fn on_libtorch(_: &Device) -> bool {
+    false
+}

@@ -3,12 +3,14 @@
 //! and one backward that serves both the ordinary training forward and the adjoint's
 //! straight-through `cached` evaluation (see [`kernel`] and `norm.rs`).
 //!
-//! Only flex has a fast path here; [`fast_path`] says whether a tensor can take it, and
-//! `norm.rs` keeps burn's composition (its `batch_norm_train`, `batch_norm` and tensor ops) as
-//! the default everywhere else, so LibTorch and CubeCL run what they ran before.
+//! Flex has its own kernels, LibTorch ATen's (`libtorch.rs`: the kernels PyTorch's autograd
+//! runs); [`fast_path`] says whether a tensor can take one, and `norm.rs` keeps burn's
+//! composition (its `batch_norm_train`, `batch_norm` and tensor ops) everywhere else (CubeCL).
 
 mod flex;
 pub mod kernel;
+#[cfg(feature = "tch")]
+mod libtorch;
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -20,13 +22,15 @@ use burn::backend::{backend_extension, Backend, Dispatch};
 use burn::tensor::{DType, Device, Tensor};
 
 /// Per-channel statistics, normalisation and its backward.
-#[backend_extension(Flex, Autodiff)]
+#[backend_extension(Flex, LibTorch: cfg(feature = "tch"), Autodiff)]
 pub trait BatchNormOps: Backend {
     /// Batch mean and biased variance over every dimension but 1 (no gradient).
     fn bn_statistics(x: FloatTensor<Self>) -> (FloatTensor<Self>, FloatTensor<Self>);
 
     /// `γ (x − mean)/√(var + ε) + β` per channel, then `max(·, 0)` if `relu`; differentiated
     /// with respect to `x` as batch normalisation at `x`'s own statistics (and to γ, β).
+    /// `given`: `mean` and `var` are not `x`'s own (the adjoint's cached statistics), which a
+    /// backward centred on `mean` must correct for.
     #[allow(clippy::too_many_arguments)]
     fn bn_normalize(
         x: FloatTensor<Self>,
@@ -36,6 +40,7 @@ pub trait BatchNormOps: Backend {
         var: FloatTensor<Self>,
         epsilon: f64,
         relu: bool,
+        given: bool,
     ) -> FloatTensor<Self>;
 
     /// `(dx, dγ, dβ)` of [`BatchNormOps::bn_normalize`], given its output `y` (the ReLU's mask).
@@ -49,6 +54,7 @@ pub trait BatchNormOps: Backend {
         grad: FloatTensor<Self>,
         epsilon: f64,
         relu: bool,
+        given: bool,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
 }
 
@@ -65,7 +71,9 @@ impl BatchNormOps for burn::backend::Flex {
         var: FloatTensor<Self>,
         epsilon: f64,
         relu: bool,
+        given: bool,
     ) -> FloatTensor<Self> {
+        let _ = given; // the forward does not depend on it
         flex::normalize(x, [gamma, beta, mean, var], epsilon, relu)
     }
 
@@ -78,8 +86,46 @@ impl BatchNormOps for burn::backend::Flex {
         grad: FloatTensor<Self>,
         epsilon: f64,
         relu: bool,
+        given: bool,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        // The kernel centres on x's own mean whatever the statistics: `given` changes nothing.
+        let _ = given;
         flex::backward(x, [gamma, mean, var, y, grad], epsilon, relu)
+    }
+}
+
+#[cfg(feature = "tch")]
+impl BatchNormOps for burn::backend::LibTorch {
+    fn bn_statistics(x: FloatTensor<Self>) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        libtorch::statistics(x)
+    }
+
+    fn bn_normalize(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        mean: FloatTensor<Self>,
+        var: FloatTensor<Self>,
+        epsilon: f64,
+        relu: bool,
+        given: bool,
+    ) -> FloatTensor<Self> {
+        let _ = given; // the forward does not depend on it
+        libtorch::normalize(x, [gamma, beta, mean, var], epsilon, relu)
+    }
+
+    fn bn_backward(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        mean: FloatTensor<Self>,
+        var: FloatTensor<Self>,
+        y: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        epsilon: f64,
+        relu: bool,
+        given: bool,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        libtorch::backward(x, [gamma, mean, var, y, grad], epsilon, relu, given)
     }
 }
 
@@ -87,7 +133,8 @@ impl BatchNormOps for burn::backend::Flex {
 struct NormalizeBackward;
 
 /// What the backward keeps: the checkpointed `x` and γ, the statistics used, the output (only
-/// when a ReLU's mask is needed), ε and whether there is a ReLU.
+/// when a ReLU's mask is needed), ε, whether there is a ReLU and whether the statistics are
+/// given.
 type NormalizeState<B> = (
     NodeId,
     NodeId,
@@ -95,6 +142,7 @@ type NormalizeState<B> = (
     FloatTensor<B>,
     Option<FloatTensor<B>>,
     f64,
+    bool,
     bool,
 );
 
@@ -104,12 +152,13 @@ impl<B: Backend + BatchNormOps> Backward<B, 3> for NormalizeBackward {
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, cp: &mut Checkpointer) {
         let [node_x, node_gamma, node_beta] = ops.parents;
         let grad = grads.consume::<B>(&ops.node);
-        let (x_state, gamma_state, mean, var, y, epsilon, relu) = ops.state;
+        let (x_state, gamma_state, mean, var, y, epsilon, relu, given) = ops.state;
         let x = cp.retrieve_node_output::<FloatTensor<B>>(x_state);
         let gamma = cp.retrieve_node_output::<FloatTensor<B>>(gamma_state);
         // Without a ReLU the output is not read: pass the gradient in its place.
         let y = y.unwrap_or_else(|| grad.clone());
-        let (dx, dgamma, dbeta) = B::bn_backward(x, gamma, mean, var, y, grad, epsilon, relu);
+        let (dx, dgamma, dbeta) =
+            B::bn_backward(x, gamma, mean, var, y, grad, epsilon, relu, given);
         for (node, g) in [(node_x, dx), (node_gamma, dgamma), (node_beta, dbeta)] {
             if let Some(node) = node {
                 grads.register::<B>(node.id, g);
@@ -135,6 +184,7 @@ impl<B: Backend + BatchNormOps, C: CheckpointStrategy> BatchNormOps for Autodiff
         var: FloatTensor<Self>,
         epsilon: f64,
         relu: bool,
+        given: bool,
     ) -> FloatTensor<Self> {
         let (mean, var) = (mean.into_primitive(), var.into_primitive());
         match NormalizeBackward
@@ -152,9 +202,10 @@ impl<B: Backend + BatchNormOps, C: CheckpointStrategy> BatchNormOps for Autodiff
                     var.clone(),
                     epsilon,
                     relu,
+                    given,
                 );
                 let kept = relu.then(|| y.clone());
-                let state = (x_state, gamma_state, mean, var, kept, epsilon, relu);
+                let state = (x_state, gamma_state, mean, var, kept, epsilon, relu, given);
                 prep.finish(state, y)
             }
             OpsKind::UnTracked(prep) => prep.finish(B::bn_normalize(
@@ -165,6 +216,7 @@ impl<B: Backend + BatchNormOps, C: CheckpointStrategy> BatchNormOps for Autodiff
                 var,
                 epsilon,
                 relu,
+                given,
             )),
         }
     }
@@ -179,6 +231,7 @@ impl<B: Backend + BatchNormOps, C: CheckpointStrategy> BatchNormOps for Autodiff
         grad: FloatTensor<Self>,
         epsilon: f64,
         relu: bool,
+        given: bool,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
         let (dx, dg, db) = B::bn_backward(
             x.into_primitive(),
@@ -189,6 +242,7 @@ impl<B: Backend + BatchNormOps, C: CheckpointStrategy> BatchNormOps for Autodiff
             grad.into_primitive(),
             epsilon,
             relu,
+            given,
         );
         (
             FloatTensor::<Self>::new(dx),
@@ -198,12 +252,12 @@ impl<B: Backend + BatchNormOps, C: CheckpointStrategy> BatchNormOps for Autodiff
     }
 }
 
-/// Whether `x` can take the flex kernels: it lives on flex (with or without autodiff) in f32 or
-/// f64. Everything else keeps burn's composition.
+/// Whether `x` can take a kernel of this module: it lives on flex or LibTorch (with or without
+/// autodiff) in f32 or f64. Everything else keeps burn's composition.
 pub fn fast_path<const D: usize>(x: &Tensor<D>) -> bool {
     let device = x.device();
     let flex = device == Device::flex() || device == Device::flex().autodiff();
-    flex && matches!(x.dtype(), DType::F32 | DType::F64)
+    (flex || super::on_libtorch(&device)) && matches!(x.dtype(), DType::F32 | DType::F64)
 }
 
 /// Batch mean and biased variance per channel (dimension 1), without a graph.
@@ -213,12 +267,13 @@ pub fn statistics<const D: usize>(x: Tensor<D>) -> (Tensor<1>, Tensor<1>) {
 }
 
 /// `γ (x − mean)/√(var + ε) + β` (then the ReLU if `relu`), differentiated as batch
-/// normalisation at `x`'s own statistics.
+/// normalisation at `x`'s own statistics; `given`: the statistics are not `x`'s own.
 pub fn normalize<const D: usize>(
     x: Tensor<D>,
     [gamma, beta, mean, var]: [Tensor<1>; 4],
     epsilon: f64,
     relu: bool,
+    given: bool,
 ) -> Tensor<D> {
     Tensor::from_dispatch(<Dispatch as BatchNormOps>::bn_normalize(
         x.into_dispatch(),
@@ -228,5 +283,6 @@ pub fn normalize<const D: usize>(
         var.into_dispatch(),
         epsilon,
         relu,
+        given,
     ))
 }

@@ -1,15 +1,17 @@
 //! `conv3x3`: the 3×3 convolution with stride 1 and padding 1 of every residual block, as a
-//! burn backend extension: burn's own `conv2d` (and its backward) on every backend but flex,
-//! where [`kernel`]'s im2col + GEMM kernels replace it, forward and backward.
+//! burn backend extension: on flex, [`kernel`]'s im2col + GEMM (and [`direct`]'s AVX-512)
+//! kernels, forward and backward; on LibTorch, ATen's `convolution_backward` for the backward
+//! (`libtorch.rs`); elsewhere (CubeCL) burn's own `conv2d` and its backward.
 //!
-//! The trait's default bodies compose burn's module ops, so LibTorch and CubeCL run exactly what
-//! they ran before; `Autodiff` gets a handwritten backward (modelled on burn-autodiff's
-//! `conv2d`) that calls the backend's own `conv3x3_*_backward`, which is where flex's kernels
-//! come in.
+//! The trait's default bodies compose burn's module ops; `Autodiff` gets a handwritten backward
+//! (modelled on burn-autodiff's `conv2d`) that calls the backend's own `conv3x3_*_backward`,
+//! which is where the fast paths come in.
 
 pub mod direct;
 mod flex;
 pub mod kernel;
+#[cfg(feature = "tch")]
+mod libtorch;
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -96,7 +98,24 @@ impl Conv3x3Ops for burn::backend::Flex {
 }
 
 #[cfg(feature = "tch")]
-impl Conv3x3Ops for burn::backend::LibTorch {}
+impl Conv3x3Ops for burn::backend::LibTorch {
+    fn conv3x3_x_backward(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        libtorch::x_backward(x, weight, grad)
+    }
+
+    fn conv3x3_params_backward(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        _bias: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        libtorch::params_backward(x, weight, grad)
+    }
+}
 
 #[cfg(any(feature = "cuda", feature = "vulkan"))]
 impl Conv3x3Ops for burn::backend::Cube {}

@@ -1,0 +1,113 @@
+//! The ATen kernels tch 0.22 does not bind, through `shim.cpp` (compiled by `build.rs` against
+//! the libtorch that torch-sys links): the convolution's backward (`at::convolution_backward`,
+//! oneDNN on the CPU, cuDNN on CUDA) and batch normalisation's (`native_batch_norm_backward`),
+//! the kernels PyTorch's autograd runs. burn-tch composes both from generic tensor ops (a
+//! transposed convolution, a convolution over swapped axes, a dozen elementwise passes).
+
+use std::ffi::{c_char, c_int, CStr};
+use tch::Tensor;
+use torch_sys::C_tensor;
+
+extern "C" {
+    fn rode_conv3x3_backward(
+        x: *const C_tensor,
+        weight: *const C_tensor,
+        grad: *const C_tensor,
+        mask: c_int,
+        out: *mut *mut C_tensor,
+        err: *mut c_char,
+        len: usize,
+    ) -> c_int;
+
+    #[allow(clippy::too_many_arguments)]
+    fn rode_bn_backward(
+        x: *const C_tensor,
+        gamma: *const C_tensor,
+        mean: *const C_tensor,
+        var: *const C_tensor,
+        relu_out: *const C_tensor,
+        grad: *const C_tensor,
+        eps: f64,
+        given: c_int,
+        out: *mut *mut C_tensor,
+        err: *mut c_char,
+        len: usize,
+    ) -> c_int;
+}
+
+/// Runs one shim call that fills three result handles. An ATen error is a bug of ours (shapes
+/// and dtypes are fixed by the model), so it panics with ATen's message, as tch's own
+/// bindings do.
+fn call(f: impl FnOnce(*mut *mut C_tensor, *mut c_char, usize) -> c_int) -> [Option<Tensor>; 3] {
+    let mut out = [std::ptr::null_mut::<C_tensor>(); 3];
+    let mut err = [0 as c_char; 1024];
+    if f(out.as_mut_ptr(), err.as_mut_ptr(), err.len()) != 0 {
+        // SAFETY: the shim wrote a NUL-terminated message into `err` (zeroed, NUL at its end).
+        let msg = unsafe { CStr::from_ptr(err.as_ptr()) }.to_string_lossy();
+        panic!("ATen: {msg}");
+    }
+    // SAFETY: each non-null handle is a fresh `at::Tensor*` allocated by the shim with `new`,
+    // owned by nobody else; tch's `Tensor` frees it with `delete` on drop.
+    out.map(|p| (!p.is_null()).then(|| unsafe { Tensor::from_ptr(p) }))
+}
+
+/// The gradient of the 3×3 stride-1 padding-1 convolution with respect to `x` (`mask` = 1) or
+/// to its weight and bias (`mask` = 6): `[dx, dweight, dbias]`, `None` where not asked for.
+pub fn conv3x3_backward(
+    x: &Tensor,
+    weight: &Tensor,
+    grad: &Tensor,
+    mask: i32,
+) -> [Option<Tensor>; 3] {
+    // SAFETY: the three handles are live tch tensors borrowed for the call; the shim does not
+    // keep them.
+    call(|out, err, len| unsafe {
+        rode_conv3x3_backward(
+            x.as_ptr(),
+            weight.as_ptr(),
+            grad.as_ptr(),
+            mask,
+            out,
+            err,
+            len,
+        )
+    })
+}
+
+/// `(dx, dγ, dβ)` of batch normalisation with the given statistics, the ReLU's mask read from
+/// `relu_out` when there is one; `given`: the statistics are not `x`'s own (see `shim.cpp`).
+#[allow(clippy::too_many_arguments)]
+pub fn bn_backward(
+    x: &Tensor,
+    gamma: &Tensor,
+    mean: &Tensor,
+    var: &Tensor,
+    relu_out: Option<&Tensor>,
+    grad: &Tensor,
+    epsilon: f64,
+    given: bool,
+) -> (Tensor, Tensor, Tensor) {
+    let relu_out = relu_out.map_or(std::ptr::null(), Tensor::as_ptr);
+    // SAFETY: as in `conv3x3_backward`; `relu_out` is null or a live handle.
+    let [dx, dg, db] = call(|out, err, len| unsafe {
+        rode_bn_backward(
+            x.as_ptr(),
+            gamma.as_ptr(),
+            mean.as_ptr(),
+            var.as_ptr(),
+            relu_out,
+            grad.as_ptr(),
+            epsilon,
+            c_int::from(given),
+            out,
+            err,
+            len,
+        )
+    });
+    let missing = || panic!("ATen: native_batch_norm_backward returned an undefined gradient");
+    (
+        dx.unwrap_or_else(missing),
+        dg.unwrap_or_else(missing),
+        db.unwrap_or_else(missing),
+    )
+}

@@ -1,0 +1,85 @@
+// ATen functions that tch 0.22 does not bind, for `src/ops/aten/mod.rs`: the convolution's and
+// batch normalisation's own backward kernels (oneDNN or ATen's fused CPU/CUDA loops), the ones
+// PyTorch's autograd calls. Tensors cross as tch's handles (`at::Tensor*`); results are new
+// handles that tch's `Tensor` owns and frees. An ATen error becomes a non-zero return and its
+// message in `err`.
+
+#include <ATen/ATen.h>
+
+#include <array>
+#include <cstring>
+#include <exception>
+#include <vector>
+
+namespace {
+
+void put(at::Tensor t, at::Tensor **slot) {
+  *slot = t.defined() ? new at::Tensor(std::move(t)) : nullptr;
+}
+
+int fail(const std::exception &e, char *err, size_t len) {
+  if (len > 0) {
+    std::strncpy(err, e.what(), len - 1);
+    err[len - 1] = '\0';
+  }
+  return 1;
+}
+
+} // namespace
+
+extern "C" {
+
+// Gradients of the 3x3 "same" convolution (stride 1, padding 1, one group) with respect to
+// the input (mask bit 0), the weight (bit 1) and the bias (bit 2), into out[0..3].
+int rode_conv3x3_backward(const at::Tensor *x, const at::Tensor *weight, const at::Tensor *grad,
+                          int mask, at::Tensor **out, char *err, size_t len) {
+  try {
+    std::array<bool, 3> m{(mask & 1) != 0, (mask & 2) != 0, (mask & 4) != 0};
+    std::vector<int64_t> bias_sizes{weight->size(0)};
+    auto r = at::convolution_backward(*grad, *x, *weight, at::IntArrayRef(bias_sizes), {1, 1},
+                                      {1, 1}, {1, 1}, false, {0, 0}, 1, m);
+    put(std::get<0>(r), &out[0]);
+    put(std::get<1>(r), &out[1]);
+    put(std::get<2>(r), &out[2]);
+    return 0;
+  } catch (const std::exception &e) {
+    return fail(e, err, len);
+  }
+}
+
+// (dx, dgamma, dbeta) of y = gamma (x - mean)/sqrt(var + eps) + beta (then a ReLU whose output
+// is `relu_out`, or none when null), differentiated as batch normalisation over every dimension
+// but 1 at x's own statistics. When `given` is set the statistics are not x's own (the
+// adjoint's cached ones): ATen's backward centres on `mean`, so dx is moved per channel to
+// centre on x's own mean instead (the straight-through derivative, see batch_norm/kernel.rs).
+int rode_bn_backward(const at::Tensor *x, const at::Tensor *gamma, const at::Tensor *mean,
+                     const at::Tensor *var, const at::Tensor *relu_out, const at::Tensor *grad,
+                     double eps, int given, at::Tensor **out, char *err, size_t len) {
+  try {
+    at::Tensor g = relu_out ? at::threshold_backward(*grad, *relu_out, 0) : *grad;
+    at::Tensor invstd = (*var + eps).rsqrt();
+    auto r = at::native_batch_norm_backward(g, *x, *gamma, {}, {}, *mean, invstd, true, eps,
+                                            {true, true, true});
+    at::Tensor dx = std::get<0>(r), dgamma = std::get<1>(r), dbeta = std::get<2>(r);
+    if (given) {
+      std::vector<int64_t> dims, shape(x->dim(), 1);
+      for (int64_t d = 0; d < x->dim(); ++d) {
+        if (d != 1) dims.push_back(d);
+      }
+      shape[1] = x->size(1);
+      const double count = static_cast<double>(x->numel() / x->size(1));
+      // dx_ours - dx_ATen = (mu - mean) * gamma * sum(g (x - mean)) / (count s^3), and ATen's
+      // dgamma is sum(g (x - mean)) / s.
+      at::Tensor shift = (x->mean(dims) - *mean) * *gamma * dgamma * invstd * invstd / count;
+      dx.add_(shift.view(shape));
+    }
+    put(dx, &out[0]);
+    put(dgamma, &out[1]);
+    put(dbeta, &out[2]);
+    return 0;
+  } catch (const std::exception &e) {
+    return fail(e, err, len);
+  }
+}
+
+} // extern "C"
