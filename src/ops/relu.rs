@@ -40,7 +40,8 @@ impl ReluOps for burn::backend::Cube {}
 impl ReluOps for burn::backend::LibTorch {
     fn relu_op_backward(y: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
         use burn::backend::libtorch::TchTensor;
-        TchTensor::new(grad.tensor.threshold_backward(&y.tensor, 0))
+        // tch binds ATen's `threshold_backward(grad_output, self, threshold)` on `self`.
+        TchTensor::new(y.tensor.threshold_backward(&grad.tensor, 0))
     }
 }
 
