@@ -333,3 +333,43 @@ fn relu_matches_burns_on_libtorch() {
         relu_against_burns(&Placement::new(burn::tensor::Device::libtorch(), precision));
     }
 }
+
+/// `ops::scaled_dot` against `s · Σ a ⊙ b`: its value, and its gradient with respect to `a`
+/// (`b` is a constant of the product).
+fn scaled_dot_against_composition(p: &Placement, tol: f64) {
+    let mut rng = Rng::new(5);
+    let (a0, b) = (
+        random(p, &mut rng, [3, 4, 5, 2]),
+        random(p, &mut rng, [3, 4, 5, 2]),
+    );
+    let eval = |f: &dyn Fn(Tensor<4>) -> Tensor<1>| {
+        let a = a0.clone().require_grad();
+        let value = f(a.clone());
+        let grads = (value.clone() * 3.0).sum().backward();
+        let ga = a.grad(&grads).map(|t| to_vec(&t)).unwrap_or_default();
+        [to_vec(&value), ga]
+    };
+    let ours = eval(&|a| resnet_ode::ops::scaled_dot(a, b.clone(), -0.25));
+    let composed = eval(&|a| (a * b.clone()).sum() * -0.25);
+    for (what, (u, v)) in ["value", "grad"].iter().zip(ours.iter().zip(&composed)) {
+        assert!(!v.is_empty(), "{what} missing");
+        let d = rel_diff(u, v);
+        assert!(d <= tol, "{:?} {what}: {d:e}", p.device);
+    }
+}
+
+#[test]
+fn scaled_dot_matches_the_composition() {
+    scaled_dot_against_composition(&Placement::flex(Precision::F32), 1e-6);
+    scaled_dot_against_composition(&Placement::flex(Precision::F64), 1e-14);
+}
+
+/// LibTorch's value is ATen's `dot`.
+#[cfg(feature = "tch")]
+#[test]
+fn scaled_dot_matches_the_composition_on_libtorch() {
+    #[allow(deprecated)]
+    let place = |p| Placement::new(burn::tensor::Device::libtorch(), p);
+    scaled_dot_against_composition(&place(Precision::F32), 1e-6);
+    scaled_dot_against_composition(&place(Precision::F64), 1e-14);
+}

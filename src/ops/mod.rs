@@ -11,10 +11,13 @@ pub mod batch_norm;
 #[cfg_attr(feature = "tch", allow(deprecated))]
 pub mod conv3x3;
 #[cfg_attr(feature = "tch", allow(deprecated))]
+pub mod dot;
+#[cfg_attr(feature = "tch", allow(deprecated))]
 pub mod relu;
 pub mod simd;
 
 pub use conv3x3::conv3x3;
+pub use dot::scaled_dot;
 pub use relu::relu;
 
 use burn::tensor::Device;
