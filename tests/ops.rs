@@ -373,3 +373,54 @@ fn scaled_dot_matches_the_composition_on_libtorch() {
     scaled_dot_against_composition(&place(Precision::F32), 1e-6);
     scaled_dot_against_composition(&place(Precision::F64), 1e-14);
 }
+
+/// A block without a bias (the CIFAR ResNets'): the zero bias is a constant, whose gradient the
+/// op may skip; the input and weight gradients must still be conv2d's.
+fn conv3x3_without_bias_against_conv2d(p: &Placement, tol: f64) {
+    let mut rng = Rng::new(8);
+    let (x0, w0) = (
+        random(p, &mut rng, [3, 5, 6, 7]),
+        random(p, &mut rng, [16, 5, 3, 3]),
+    );
+    let r = random(p, &mut rng, [3, 16, 6, 7]);
+    let eval = |ours: bool| {
+        let (x, w) = (x0.clone().require_grad(), w0.clone().require_grad());
+        let y = if ours {
+            conv3x3(x.clone(), w.clone(), p.zeros([16]))
+        } else {
+            conv2d(
+                x.clone(),
+                w.clone(),
+                None,
+                ConvOptions::new([1, 1], [1, 1], [1, 1], 1),
+            )
+        };
+        let grads = (y.clone() * r.clone()).sum().backward();
+        let grad = |t: &Tensor<4>| t.grad(&grads).map(|g| to_vec(&g)).unwrap_or_default();
+        [to_vec(&y), grad(&x), grad(&w)]
+    };
+    for (what, (u, v)) in ["y", "dx", "dw"]
+        .iter()
+        .zip(eval(true).iter().zip(&eval(false)))
+    {
+        assert!(!v.is_empty(), "{what} missing");
+        let d = rel_diff(u, v);
+        assert!(d <= tol, "{:?} {what}: {d:e}", p.device);
+    }
+}
+
+#[test]
+fn conv3x3_without_bias_matches_conv2d() {
+    conv3x3_without_bias_against_conv2d(&Placement::flex(Precision::F32), 2e-5);
+    conv3x3_without_bias_against_conv2d(&Placement::flex(Precision::F64), 1e-12);
+}
+
+/// LibTorch skips the bias's reduction there (`convolution_backward` with mask 2).
+#[cfg(feature = "tch")]
+#[test]
+fn conv3x3_without_bias_matches_conv2d_on_libtorch() {
+    #[allow(deprecated)]
+    let place = |p| Placement::new(burn::tensor::Device::libtorch(), p);
+    conv3x3_without_bias_against_conv2d(&place(Precision::F32), 2e-5);
+    conv3x3_without_bias_against_conv2d(&place(Precision::F64), 1e-12);
+}

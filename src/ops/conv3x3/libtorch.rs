@@ -16,9 +16,21 @@ pub(super) fn x_backward(x: TchTensor, weight: TchTensor, grad: TchTensor) -> Tc
     TchTensor::new(asked(dx))
 }
 
-/// `dW` flattened, then `db` (the trait's layout).
-pub(super) fn params_backward(x: TchTensor, weight: TchTensor, grad: TchTensor) -> TchTensor {
-    let [_, dw, db] = aten::conv3x3_backward(&x.tensor, &weight.tensor, &grad.tensor, 6);
-    let flat = [asked(dw).reshape([-1]), asked(db)];
+/// `dW` flattened, then `db` (the trait's layout); `db` zeros unless `bias_grad` (a block
+/// without a bias skips the reduction of `grad` over the batch).
+pub(super) fn params_backward(
+    x: TchTensor,
+    weight: TchTensor,
+    grad: TchTensor,
+    bias_grad: bool,
+) -> TchTensor {
+    let mask = if bias_grad { 6 } else { 2 };
+    let [_, dw, db] = aten::conv3x3_backward(&x.tensor, &weight.tensor, &grad.tensor, mask);
+    let dw = asked(dw);
+    let db = match bias_grad {
+        true => asked(db),
+        false => dw.new_zeros([dw.size()[0]], (dw.kind(), dw.device())),
+    };
+    let flat = [dw.reshape([-1]), db];
     TchTensor::new(tch::Tensor::cat(&flat, 0))
 }

@@ -56,15 +56,22 @@ pub trait Conv3x3Ops: Backend {
 
     /// The gradients with respect to `weight` and `bias`, returned concatenated (`Cout·Cin·9`
     /// weight values, then `Cout` bias values): an extension op returns whole tensors, and flex
-    /// computes both in one pass over the images.
+    /// computes both in one pass over the images. With `bias_grad` false (a block without a
+    /// bias: its zero bias is a constant) a backend may skip the bias's reduction over the
+    /// batch and return zeros in its place.
     fn conv3x3_params_backward(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         bias: FloatTensor<Self>,
         grad: FloatTensor<Self>,
+        bias_grad: bool,
     ) -> FloatTensor<Self> {
         let dw = Self::conv2d_weight_backward(x.clone(), weight, grad.clone(), same());
-        let db = Self::conv2d_bias_backward(x, bias, grad);
+        let db = if bias_grad {
+            Self::conv2d_bias_backward(x, bias, grad)
+        } else {
+            Self::float_mul_scalar(bias, 0.0.into())
+        };
         let n = dw.shape().num_elements();
         Self::float_cat(vec![Self::float_reshape(dw, [n].into()), db], 0)
     }
@@ -92,7 +99,9 @@ impl Conv3x3Ops for burn::backend::Flex {
         weight: FloatTensor<Self>,
         bias: FloatTensor<Self>,
         grad: FloatTensor<Self>,
+        _bias_grad: bool,
     ) -> FloatTensor<Self> {
+        // One pass computes both: the bias sums cost nothing extra.
         flex::params_backward(x, weight, bias, grad)
     }
 }
@@ -112,8 +121,9 @@ impl Conv3x3Ops for burn::backend::LibTorch {
         weight: FloatTensor<Self>,
         _bias: FloatTensor<Self>,
         grad: FloatTensor<Self>,
+        bias_grad: bool,
     ) -> FloatTensor<Self> {
-        libtorch::params_backward(x, weight, grad)
+        libtorch::params_backward(x, weight, grad, bias_grad)
     }
 }
 
@@ -142,7 +152,7 @@ impl<B: Backend + Conv3x3Ops> Backward<B, 3> for Conv3x3Backward {
         }
         let shape = weight.shape();
         let (n, cout) = (shape.num_elements(), shape[0]);
-        let both = B::conv3x3_params_backward(x, weight, bias, grad);
+        let both = B::conv3x3_params_backward(x, weight, bias, grad, node_bias.is_some());
         if let Some(node) = node_weight {
             let dw = B::float_slice(both.clone(), &[Slice::from(0..n)]);
             grads.register::<B>(node.id, B::float_reshape(dw, shape));
@@ -204,12 +214,14 @@ impl<B: Backend + Conv3x3Ops, C: CheckpointStrategy> Conv3x3Ops for Autodiff<B, 
         weight: FloatTensor<Self>,
         bias: FloatTensor<Self>,
         grad: FloatTensor<Self>,
+        bias_grad: bool,
     ) -> FloatTensor<Self> {
         FloatTensor::<Self>::new(B::conv3x3_params_backward(
             x.into_primitive(),
             weight.into_primitive(),
             bias.into_primitive(),
             grad.into_primitive(),
+            bias_grad,
         ))
     }
 }
