@@ -73,8 +73,10 @@ fn grow(bytes: usize) {
 /// each without and with this (`bench speed --workloads mlp,conv16 --depths 64 --reps 5`,
 /// `docs/bench/malloc-ab.txt`): MLP Heun adjoint 94–159 → 83–95 ms, conv16 Euler adjoint
 /// 926–1068 → 823–884 ms; backprop unchanged. This raises the `mmap` threshold to 32 MiB (larger blocks still go straight
-/// to the system) and the trim threshold to 64 MiB (at most that much free memory is kept at a
-/// heap's top). Environment variables `MALLOC_MMAP_THRESHOLD_` / `MALLOC_TRIM_THRESHOLD_`, when
+/// to the system) and the trim threshold to 256 MiB (at most that much free memory is kept at a
+/// heap's top). 64 MiB was enough for flex, but LibTorch's activations (ResNet-56, batch 128)
+/// still page-faulted in anew: with 256 MiB, alternating twice, backprop 541–545 vs 559–566 ms
+/// and adjoint 789–797 vs 859–900 ms (1 GiB did no better; flex unchanged). Environment variables `MALLOC_MMAP_THRESHOLD_` / `MALLOC_TRIM_THRESHOLD_`, when
 /// set, win. Elsewhere than on glibc this does nothing.
 pub fn keep_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
@@ -86,7 +88,7 @@ pub fn keep_freed_memory() {
         }
         for (param, var, value) in [
             (M_MMAP_THRESHOLD, "MALLOC_MMAP_THRESHOLD_", 32 << 20),
-            (M_TRIM_THRESHOLD, "MALLOC_TRIM_THRESHOLD_", 64 << 20),
+            (M_TRIM_THRESHOLD, "MALLOC_TRIM_THRESHOLD_", 256 << 20),
         ] {
             if std::env::var_os(var).is_none() {
                 // SAFETY: mallopt only changes glibc's tuning parameters; it is called before
