@@ -556,10 +556,11 @@ impl<F: Module + ModuleDisplay> Stack<F> {
         let StageGraph { leaf, ks, views } = graph;
         let h = self.h();
         let weights = self.scheme.tableau().b;
+        let seed = like(g.clone(), &leaf);
         let s = ks
             .into_iter()
             .zip(weights)
-            .map(|(k, b)| crate::ops::scaled_dot(k, like(g.clone(), &leaf), h * b))
+            .map(|(k, b)| crate::ops::scaled_dot(k, seed.clone(), h * b))
             .reduce(|a, b| a + b);
         let Some(s) = s else { return g };
         let mut back = s.backward();

@@ -20,6 +20,22 @@ fn rel_diff(a: &[f64], b: &[f64]) -> f64 {
     a.iter().zip(b).fold(0f64, |m, (p, q)| m.max((p - q).abs())) / scale
 }
 
+/// Every output of a fast path (`ours[i]`, named `names[i]`) within `tol` ([`rel_diff`]) of the
+/// composed default's, which must exist; `context` names the case in a failure.
+fn assert_close(
+    context: &str,
+    names: &[&str],
+    ours: &[Vec<f64>],
+    reference: &[Vec<f64>],
+    tol: f64,
+) {
+    for (what, (u, v)) in names.iter().zip(ours.iter().zip(reference)) {
+        assert!(!v.is_empty(), "{context}: {what} missing");
+        let d = rel_diff(u, v);
+        assert!(d <= tol, "{context} {what}: {d:e}");
+    }
+}
+
 fn random<const D: usize>(p: &Placement, rng: &mut Rng, shape: [usize; D]) -> Tensor<D> {
     p.tensor(rng.normals(shape.iter().product()), shape)
 }
@@ -102,15 +118,8 @@ fn conv3x3_against_conv2d(place: fn(Precision) -> Placement) {
             let inputs = [&data[0][..], &data[1][..], &data[2][..], &data[3][..]];
             let fast = value_and_grads(&p, inputs, [xs, ws, ys], conv3x3);
             let slow = value_and_grads(&p, inputs, [xs, ws, ys], composed);
-            for (what, (a, b)) in ["y", "dx", "dw", "db"].iter().zip(fast.iter().zip(&slow)) {
-                assert!(!b.is_empty(), "{what} missing");
-                let d = rel_diff(a, b);
-                assert!(
-                    d <= tol,
-                    "{precision} {:?} {what}: {d:e}",
-                    (n, cin, cout, h, w)
-                );
-            }
+            let context = format!("{precision} {:?}", (n, cin, cout, h, w));
+            assert_close(&context, &["y", "dx", "dw", "db"], &fast, &slow, tol);
         }
     }
 }
@@ -146,15 +155,8 @@ fn conv1x1_as_a_matrix_product_matches_burns_conv2d() {
             let inputs = [&data[0][..], &data[1][..], &data[2][..], &data[3][..]];
             let fast = value_and_grads(&p, inputs, [xs, ws, ys], matmul_1x1);
             let slow = value_and_grads(&p, inputs, [xs, ws, ys], composed_1x1);
-            for (what, (a, b)) in ["y", "dx", "dw", "db"].iter().zip(fast.iter().zip(&slow)) {
-                assert!(!b.is_empty() && a.len() == b.len(), "{what} missing");
-                let d = rel_diff(a, b);
-                assert!(
-                    d <= tol,
-                    "{precision} {:?} {what}: {d:e}",
-                    (n, cin, cout, h, w)
-                );
-            }
+            let context = format!("{precision} {:?}", (n, cin, cout, h, w));
+            assert_close(&context, &["y", "dx", "dw", "db"], &fast, &slow, tol);
         }
     }
 }
@@ -286,11 +288,8 @@ fn batch_norm_against_composition(place: fn(Precision) -> Placement) {
                     [to_vec(&y), gx, gg, gb]
                 };
                 let (a, e) = (eval(fast), eval(slow));
-                for (what, (u, v)) in ["y", "dx", "dγ", "dβ"].iter().zip(a.iter().zip(&e)) {
-                    assert!(!v.is_empty(), "{name}: {what} missing");
-                    let d = rel_diff(u, v);
-                    assert!(d <= tol, "{precision} {shape:?} {name} {what}: {d:e}");
-                }
+                let context = format!("{precision} {shape:?} {name}");
+                assert_close(&context, &["y", "dx", "dγ", "dβ"], &a, &e, tol);
             }
         }
     }
@@ -351,11 +350,8 @@ fn scaled_dot_against_composition(p: &Placement, tol: f64) {
     };
     let ours = eval(&|a| resnet_ode::ops::scaled_dot(a, b.clone(), -0.25));
     let composed = eval(&|a| (a * b.clone()).sum() * -0.25);
-    for (what, (u, v)) in ["value", "grad"].iter().zip(ours.iter().zip(&composed)) {
-        assert!(!v.is_empty(), "{what} missing");
-        let d = rel_diff(u, v);
-        assert!(d <= tol, "{:?} {what}: {d:e}", p.device);
-    }
+    let context = format!("{:?}", p.device);
+    assert_close(&context, &["value", "grad"], &ours, &composed, tol);
 }
 
 #[test]
@@ -399,14 +395,8 @@ fn conv3x3_without_bias_against_conv2d(p: &Placement, tol: f64) {
         let grad = |t: &Tensor<4>| t.grad(&grads).map(|g| to_vec(&g)).unwrap_or_default();
         [to_vec(&y), grad(&x), grad(&w)]
     };
-    for (what, (u, v)) in ["y", "dx", "dw"]
-        .iter()
-        .zip(eval(true).iter().zip(&eval(false)))
-    {
-        assert!(!v.is_empty(), "{what} missing");
-        let d = rel_diff(u, v);
-        assert!(d <= tol, "{:?} {what}: {d:e}", p.device);
-    }
+    let context = format!("{:?}", p.device);
+    assert_close(&context, &["y", "dx", "dw"], &eval(true), &eval(false), tol);
 }
 
 #[test]

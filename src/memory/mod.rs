@@ -76,7 +76,7 @@ fn grow(bytes: usize) {
 /// to the system) and the trim threshold to 256 MiB (at most that much free memory is kept at a
 /// heap's top). 64 MiB was enough for flex, but LibTorch's activations (ResNet-56, batch 128)
 /// still page-faulted in anew: with 256 MiB, alternating twice, backprop 541–545 vs 559–566 ms
-/// and adjoint 789–797 vs 859–900 ms (1 GiB did no better; flex unchanged). Environment variables `MALLOC_MMAP_THRESHOLD_` / `MALLOC_TRIM_THRESHOLD_`, when
+/// and adjoint 789–797 vs 859–900 ms (1 GiB did no better; flex unchanged at 1 GiB). Environment variables `MALLOC_MMAP_THRESHOLD_` / `MALLOC_TRIM_THRESHOLD_`, when
 /// set, win. Elsewhere than on glibc this does nothing.
 pub fn keep_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]

@@ -71,9 +71,8 @@ impl BatchNormOps for burn::backend::Flex {
         var: FloatTensor<Self>,
         epsilon: f64,
         relu: bool,
-        given: bool,
+        _given: bool, // the forward does not depend on it
     ) -> FloatTensor<Self> {
-        let _ = given; // the forward does not depend on it
         flex::normalize(x, [gamma, beta, mean, var], epsilon, relu)
     }
 
@@ -86,10 +85,8 @@ impl BatchNormOps for burn::backend::Flex {
         grad: FloatTensor<Self>,
         epsilon: f64,
         relu: bool,
-        given: bool,
+        _given: bool, // the kernel centres on x's own mean whatever the statistics
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
-        // The kernel centres on x's own mean whatever the statistics: `given` changes nothing.
-        let _ = given;
         flex::backward(x, [gamma, mean, var, y, grad], epsilon, relu)
     }
 }
@@ -108,9 +105,8 @@ impl BatchNormOps for burn::backend::LibTorch {
         var: FloatTensor<Self>,
         epsilon: f64,
         relu: bool,
-        given: bool,
+        _given: bool, // the forward does not depend on it
     ) -> FloatTensor<Self> {
-        let _ = given; // the forward does not depend on it
         libtorch::normalize(x, [gamma, beta, mean, var], epsilon, relu)
     }
 
