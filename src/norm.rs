@@ -291,9 +291,15 @@ impl BatchNorm {
         let plain = |t: Tensor<1>| t.without_autodiff();
         let rm = plain(self.running_mean.value_sync());
         let rv = plain(self.running_var.value_sync());
-        self.running_mean.update(rm * (1.0 - m) + plain(mean) * m);
-        self.running_var
-            .update(rv * (1.0 - m) + plain(var) * (m * unbias));
+        let (rm, rv) = match batch_norm::fast_path(&rm) {
+            true => batch_norm::running([rm, rv, plain(mean), plain(var)], m, unbias),
+            false => (
+                rm * (1.0 - m) + plain(mean) * m,
+                rv * (1.0 - m) + plain(var) * (m * unbias),
+            ),
+        };
+        self.running_mean.update(rm);
+        self.running_var.update(rv);
     }
 
     /// Value normalised with the cached statistics; derivative of batch normalisation at `x`.

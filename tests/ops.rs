@@ -7,7 +7,7 @@ use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::Tensor;
 use resnet_ode::device::{to_vec, Placement, Precision};
-use resnet_ode::ops::conv3x3;
+use resnet_ode::ops::{batch_norm, conv3x3, sgd_step, SgdRule};
 use resnet_ode::residual::conv1x1;
 use resnet_ode::rng::Rng;
 
@@ -413,4 +413,106 @@ fn conv3x3_without_bias_matches_conv2d_on_libtorch() {
     let place = |p| Placement::new(burn::tensor::Device::libtorch(), p);
     conv3x3_without_bias_against_conv2d(&place(Precision::F32), 2e-5);
     conv3x3_without_bias_against_conv2d(&place(Precision::F64), 1e-12);
+}
+
+/// PyTorch's SGD on one value: `d = g + wd·w; b = μb + d (b = d at first); s = nesterov ?
+/// d + μb : b; w −= lr·s`, in f64.
+fn sgd_reference(w: f64, g: f64, b: Option<f64>, rule: SgdRule) -> (f64, f64) {
+    let d = g + rule.weight_decay * w;
+    let b = b.map_or(d, |b| rule.momentum * b + d);
+    let s = if rule.nesterov {
+        d + rule.momentum * b
+    } else {
+        b
+    };
+    (w - rule.lr * s, b)
+}
+
+/// `ops::sgd_step`, two steps in a row (a zero buffer at first, as the optimizer passes), against
+/// [`sgd_reference`] for plain, decayed and Nesterov rules, on a 37-value parameter.
+fn sgd_step_against_reference(p: &Placement, tol: f64) {
+    let mut rng = Rng::new(11);
+    let n = 37;
+    let (w0, g1, g2) = (rng.normals(n), rng.normals(n), rng.normals(n));
+    for (weight_decay, momentum, nesterov) in
+        [(0.0, 0.9, false), (5e-4, 0.9, false), (0.1, 0.5, true)]
+    {
+        let rule = SgdRule {
+            lr: 0.3,
+            weight_decay,
+            momentum,
+            nesterov,
+        };
+        let t = |v: &[f64]| p.tensor(v.to_vec(), [n]).without_autodiff();
+        let (w1, b1) = sgd_step(t(&w0), t(&g1), t(&vec![0.0; n]), rule);
+        let (w2, b2) = sgd_step(w1.clone(), t(&g2), b1.clone(), rule);
+        let mut reference = [vec![], vec![], vec![], vec![]];
+        for i in 0..n {
+            let (w, b) = sgd_reference(w0[i], g1[i], None, rule);
+            let (ww, bb) = sgd_reference(w, g2[i], Some(b), rule);
+            for (r, v) in reference.iter_mut().zip([w, b, ww, bb]) {
+                r.push(v);
+            }
+        }
+        let ours = [w1, b1, w2, b2].map(|t| to_vec(&t));
+        let context = format!("{:?} {rule:?}", p.device);
+        assert_close(&context, &["w1", "b1", "w2", "b2"], &ours, &reference, tol);
+    }
+}
+
+#[test]
+fn sgd_step_follows_pytorchs_rule() {
+    sgd_step_against_reference(&Placement::flex(Precision::F32), 1e-6);
+    sgd_step_against_reference(&Placement::flex(Precision::F64), 1e-14);
+}
+
+#[cfg(feature = "tch")]
+#[test]
+fn sgd_step_follows_pytorchs_rule_on_libtorch() {
+    #[allow(deprecated)]
+    let place = |precision| Placement::new(burn::tensor::Device::libtorch(), precision);
+    sgd_step_against_reference(&place(Precision::F32), 1e-6);
+    sgd_step_against_reference(&place(Precision::F64), 1e-14);
+}
+
+/// `ops::batch_norm::running` against PyTorch's rule `(1 − m)·r + m·s`, the variance's batch
+/// value made unbiased by `M/(M − 1)`, on 19 channels.
+fn running_against_reference(p: &Placement, tol: f64) {
+    let mut rng = Rng::new(12);
+    let c = 19;
+    let v: Vec<Vec<f64>> = (0..4).map(|_| rng.normals(c)).collect();
+    let var: Vec<f64> = v[3].iter().map(|x| x * x).collect();
+    let (m, unbias) = (0.1, 50.0 / 49.0);
+    let t = |v: &[f64]| p.tensor(v.to_vec(), [c]).without_autodiff();
+    let (rm, rv) = batch_norm::running([t(&v[0]), t(&v[1]), t(&v[2]), t(&var)], m, unbias);
+    let blend = |r: &[f64], s: &[f64], k: f64| -> Vec<f64> {
+        r.iter()
+            .zip(s)
+            .map(|(r, s)| (1.0 - m) * r + k * s)
+            .collect()
+    };
+    let reference = [blend(&v[0], &v[2], m), blend(&v[1], &var, m * unbias)];
+    let context = format!("{:?}", p.device);
+    assert_close(
+        &context,
+        &["mean", "var"],
+        &[to_vec(&rm), to_vec(&rv)],
+        &reference,
+        tol,
+    );
+}
+
+#[test]
+fn running_statistics_follow_pytorchs_rule() {
+    running_against_reference(&Placement::flex(Precision::F32), 1e-6);
+    running_against_reference(&Placement::flex(Precision::F64), 1e-14);
+}
+
+#[cfg(feature = "tch")]
+#[test]
+fn running_statistics_follow_pytorchs_rule_on_libtorch() {
+    #[allow(deprecated)]
+    let place = |precision| Placement::new(burn::tensor::Device::libtorch(), precision);
+    running_against_reference(&place(Precision::F32), 1e-6);
+    running_against_reference(&place(Precision::F64), 1e-14);
 }

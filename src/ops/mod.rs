@@ -14,11 +14,14 @@ pub mod conv3x3;
 pub mod dot;
 #[cfg_attr(feature = "tch", allow(deprecated))]
 pub mod relu;
+#[cfg_attr(feature = "tch", allow(deprecated))]
+pub mod sgd;
 pub mod simd;
 
 pub use conv3x3::conv3x3;
 pub use dot::scaled_dot;
 pub use relu::relu;
+pub use sgd::{sgd_step, SgdRule};
 
 use burn::tensor::Device;
 

@@ -10,6 +10,7 @@
 
 use crate::device::Placement;
 use crate::io::{load_weights, save_weights};
+use crate::ops::{self, SgdRule};
 use crate::params::named;
 use crate::{Error, Result};
 use burn::module::{Module, ModuleMapper, Param, ParamId};
@@ -172,27 +173,26 @@ impl Optimizer {
         }
     }
 
-    /// PyTorch's SGD: `g += wd·w; b = μb + g (b = g at first); g = nesterov ? g + μb : b`.
+    /// PyTorch's SGD: `g += wd·w; b = μb + g (b = g at first); g = nesterov ? g + μb : b`,
+    /// one fused op ([`ops::sgd_step`]); without momentum no buffer is kept.
     fn sgd(&mut self, i: usize, w: Tensor<1>, g: Tensor<1>, lr: f64) -> Tensor<1> {
         let c = &self.config;
-        let mut g = if c.weight_decay > 0.0 {
-            g + w.clone() * c.weight_decay
-        } else {
-            g
+        let rule = SgdRule {
+            lr,
+            weight_decay: c.weight_decay,
+            momentum: c.momentum,
+            nesterov: c.nesterov,
         };
+        // μ·0 + d is d exactly: a zero buffer makes the first step PyTorch's `b = d`.
+        let b = match self.first[i].take() {
+            Some(b) => b,
+            None => Tensor::zeros(w.shape(), (&w.device(), w.dtype())),
+        };
+        let (w, b) = ops::sgd_step(w, g, b, rule);
         if c.momentum > 0.0 {
-            let b = match self.first[i].take() {
-                Some(b) => b * c.momentum + g.clone(),
-                None => g.clone(),
-            };
-            g = if c.nesterov {
-                g + b.clone() * c.momentum
-            } else {
-                b.clone()
-            };
             self.first[i] = Some(b);
         }
-        w - g * lr
+        w
     }
 
     /// PyTorch's AdamW (decoupled weight decay, bias-corrected moments).

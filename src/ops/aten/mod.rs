@@ -33,6 +33,40 @@ extern "C" {
         err: *mut c_char,
         len: usize,
     ) -> c_int;
+
+    #[allow(clippy::too_many_arguments)]
+    fn rode_sgd_step(
+        w: *const C_tensor,
+        g: *const C_tensor,
+        b: *const C_tensor,
+        lr: f64,
+        wd: f64,
+        momentum: f64,
+        nesterov: c_int,
+        out: *mut *mut C_tensor,
+        err: *mut c_char,
+        len: usize,
+    ) -> c_int;
+
+    #[allow(clippy::too_many_arguments)]
+    fn rode_bn_running(
+        rm: *const C_tensor,
+        rv: *const C_tensor,
+        mean: *const C_tensor,
+        var: *const C_tensor,
+        momentum: f64,
+        unbias: f64,
+        out: *mut *mut C_tensor,
+        err: *mut c_char,
+        len: usize,
+    ) -> c_int;
+}
+
+/// Both results of a shim call that fills two handles.
+fn pair(r: [Option<Tensor>; 3], what: &str) -> (Tensor, Tensor) {
+    let missing = || panic!("ATen: {what} returned an undefined tensor");
+    let [a, b, _] = r;
+    (a.unwrap_or_else(missing), b.unwrap_or_else(missing))
 }
 
 /// Runs one shim call that fills three result handles. An ATen error is a bug of ours (shapes
@@ -110,4 +144,54 @@ pub fn bn_backward(
         dg.unwrap_or_else(missing),
         db.unwrap_or_else(missing),
     )
+}
+
+/// `(w', b')` of one SGD step with momentum (see `shim.cpp`); `[lr, weight decay, momentum]`.
+pub fn sgd_step(
+    w: &Tensor,
+    g: &Tensor,
+    b: &Tensor,
+    [lr, wd, momentum]: [f64; 3],
+    nesterov: bool,
+) -> (Tensor, Tensor) {
+    // SAFETY: as in `conv3x3_backward`.
+    let r = call(|out, err, len| unsafe {
+        rode_sgd_step(
+            w.as_ptr(),
+            g.as_ptr(),
+            b.as_ptr(),
+            lr,
+            wd,
+            momentum,
+            c_int::from(nesterov),
+            out,
+            err,
+            len,
+        )
+    });
+    pair(r, "the SGD step")
+}
+
+/// Batch normalisation's running statistics `(rm', rv')` after a batch of statistics
+/// `(mean, var)` (see `shim.cpp`).
+pub fn bn_running(
+    [rm, rv, mean, var]: [&Tensor; 4],
+    momentum: f64,
+    unbias: f64,
+) -> (Tensor, Tensor) {
+    // SAFETY: as in `conv3x3_backward`.
+    let r = call(|out, err, len| unsafe {
+        rode_bn_running(
+            rm.as_ptr(),
+            rv.as_ptr(),
+            mean.as_ptr(),
+            var.as_ptr(),
+            momentum,
+            unbias,
+            out,
+            err,
+            len,
+        )
+    });
+    pair(r, "the running-statistics update")
 }

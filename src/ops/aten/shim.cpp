@@ -82,4 +82,38 @@ int rode_bn_backward(const at::Tensor *x, const at::Tensor *gamma, const at::Ten
   }
 }
 
+// One SGD step with momentum, PyTorch's rule: d = g + wd w; b' = momentum b + d;
+// s = nesterov ? d + momentum b' : b'; w' = w - lr s. out = {w', b'}. ATen's `add` with
+// `alpha` is one pass per line, where composing the products costs a pass (and a wrapped
+// scalar) each.
+int rode_sgd_step(const at::Tensor *w, const at::Tensor *g, const at::Tensor *b, double lr,
+                  double wd, double momentum, int nesterov, at::Tensor **out, char *err,
+                  size_t len) {
+  try {
+    at::Tensor d = wd > 0 ? at::add(*g, *w, wd) : *g;
+    at::Tensor nb = at::add(d, *b, momentum);
+    at::Tensor s = nesterov ? at::add(d, nb, momentum) : nb;
+    put(at::sub(*w, s, lr), &out[0]);
+    put(nb, &out[1]);
+    return 0;
+  } catch (const std::exception &e) {
+    return fail(e, err, len);
+  }
+}
+
+// Running statistics of batch normalisation after one batch (PyTorch's rule, `unbias` =
+// count/(count - 1) turning the batch's biased variance unbiased): rm' = (1 - m) rm + m mean,
+// rv' = (1 - m) rv + m unbias var. out = {rm', rv'}.
+int rode_bn_running(const at::Tensor *rm, const at::Tensor *rv, const at::Tensor *mean,
+                    const at::Tensor *var, double momentum, double unbias, at::Tensor **out,
+                    char *err, size_t len) {
+  try {
+    put(at::add(*rm * (1 - momentum), *mean, momentum), &out[0]);
+    put(at::add(*rv * (1 - momentum), *var, momentum * unbias), &out[1]);
+    return 0;
+  } catch (const std::exception &e) {
+    return fail(e, err, len);
+  }
+}
+
 } // extern "C"

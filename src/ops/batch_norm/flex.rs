@@ -104,3 +104,35 @@ pub(super) fn backward(
         _ => back::<f32>(&x, &p, epsilon, relu),
     }
 }
+
+fn run<T: Float + Element + bytemuck::Pod>(
+    [rm, rv, mean, var]: &[FlexTensor; 4],
+    momentum: f64,
+    unbias: f64,
+) -> (FlexTensor, FlexTensor) {
+    let [keep, take, take_var] = [1.0 - momentum, momentum, momentum * unbias].map(T::from_f64);
+    // The composed order: both products rounded, then the sum.
+    let blend = |r: &FlexTensor, s: &FlexTensor, take: T| -> Vec<T> {
+        let (r, s) = (values::<T>(r), values::<T>(s));
+        r.iter()
+            .zip(s.iter())
+            .map(|(&r, &s)| r * keep + s * take)
+            .collect()
+    };
+    let c = vec![rm.shape().num_elements()];
+    (
+        tensor(blend(rm, mean, take), c.clone()),
+        tensor(blend(rv, var, take_var), c),
+    )
+}
+
+pub(super) fn running(
+    stats: [FlexTensor; 4],
+    momentum: f64,
+    unbias: f64,
+) -> (FlexTensor, FlexTensor) {
+    match stats[0].dtype() {
+        DType::F64 => run::<f64>(&stats, momentum, unbias),
+        _ => run::<f32>(&stats, momentum, unbias),
+    }
+}

@@ -49,3 +49,9 @@ pub(super) fn backward(
         aten::bn_backward(&x.tensor, &gamma, &mean, &var, mask, &grad, epsilon, given);
     (TchTensor::new(dx), TchTensor::new(dg), TchTensor::new(db))
 }
+
+pub(super) fn running(stats: [TchTensor; 4], momentum: f64, unbias: f64) -> (TchTensor, TchTensor) {
+    let [rm, rv, mean, var] = stats.map(|t| t.tensor);
+    let (rm, rv) = aten::bn_running([&rm, &rv, &mean, &var], momentum, unbias);
+    (TchTensor::new(rm), TchTensor::new(rv))
+}

@@ -56,6 +56,19 @@ pub trait BatchNormOps: Backend {
         relu: bool,
         given: bool,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
+
+    /// Running statistics after a batch with statistics `(mean, var)`, PyTorch's rule:
+    /// `(1 − m)·rm + m·mean` and `(1 − m)·rv + m·unbias·var` (`unbias` = M/(M − 1)). One op
+    /// where burn's composition took eight per batch norm (ten on LibTorch, with the wrapped
+    /// scalars): 2 % of a LibTorch TinyResNet step of depth 256 went to them.
+    fn bn_running(
+        rm: FloatTensor<Self>,
+        rv: FloatTensor<Self>,
+        mean: FloatTensor<Self>,
+        var: FloatTensor<Self>,
+        momentum: f64,
+        unbias: f64,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>);
 }
 
 impl BatchNormOps for burn::backend::Flex {
@@ -88,6 +101,17 @@ impl BatchNormOps for burn::backend::Flex {
         _given: bool, // the kernel centres on x's own mean whatever the statistics
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
         flex::backward(x, [gamma, mean, var, y, grad], epsilon, relu)
+    }
+
+    fn bn_running(
+        rm: FloatTensor<Self>,
+        rv: FloatTensor<Self>,
+        mean: FloatTensor<Self>,
+        var: FloatTensor<Self>,
+        momentum: f64,
+        unbias: f64,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        flex::running([rm, rv, mean, var], momentum, unbias)
     }
 }
 
@@ -122,6 +146,17 @@ impl BatchNormOps for burn::backend::LibTorch {
         given: bool,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
         libtorch::backward(x, [gamma, mean, var, y, grad], epsilon, relu, given)
+    }
+
+    fn bn_running(
+        rm: FloatTensor<Self>,
+        rv: FloatTensor<Self>,
+        mean: FloatTensor<Self>,
+        var: FloatTensor<Self>,
+        momentum: f64,
+        unbias: f64,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        libtorch::running([rm, rv, mean, var], momentum, unbias)
     }
 }
 
@@ -246,6 +281,20 @@ impl<B: Backend + BatchNormOps, C: CheckpointStrategy> BatchNormOps for Autodiff
             FloatTensor::<Self>::new(db),
         )
     }
+
+    /// Values only (running statistics carry no graph).
+    fn bn_running(
+        rm: FloatTensor<Self>,
+        rv: FloatTensor<Self>,
+        mean: FloatTensor<Self>,
+        var: FloatTensor<Self>,
+        momentum: f64,
+        unbias: f64,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let [rm, rv, mean, var] = [rm, rv, mean, var].map(|t| t.into_primitive());
+        let (rm, rv) = B::bn_running(rm, rv, mean, var, momentum, unbias);
+        (FloatTensor::<Self>::new(rm), FloatTensor::<Self>::new(rv))
+    }
 }
 
 /// Whether `x` can take a kernel of this module: it lives on flex or LibTorch (with or without
@@ -281,4 +330,16 @@ pub fn normalize<const D: usize>(
         relu,
         given,
     ))
+}
+
+/// Running statistics `(rm', rv')` after a batch with statistics `(mean, var)`:
+/// `(1 − m)·rm + m·mean`, `(1 − m)·rv + m·unbias·var`; no graph.
+pub fn running(
+    [rm, rv, mean, var]: [Tensor<1>; 4],
+    momentum: f64,
+    unbias: f64,
+) -> (Tensor<1>, Tensor<1>) {
+    let [rm, rv, mean, var] = [rm, rv, mean, var].map(Tensor::into_dispatch);
+    let (rm, rv) = <Dispatch as BatchNormOps>::bn_running(rm, rv, mean, var, momentum, unbias);
+    (Tensor::from_dispatch(rm), Tensor::from_dispatch(rv))
 }
