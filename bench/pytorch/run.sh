@@ -15,8 +15,17 @@
 #     PYTHON       python with torch 2.9.0 (default python3)
 #     THREADS      CPU threads for PyTorch (default: nproc)
 #     OUT          output folder (default bench/pytorch/out)
+#     MODELS       configurations, space-separated (default "tiny16 tiny64 tiny256 resnet56 resnet110")
+#     SCHEMES      TinyResNet's schemes, comma-separated (default euler; the CIFAR ResNets run Euler)
+#     MODES        gradient modes, space-separated (default "backprop adjoint")
+#     ROUNDS       sweeps over every configuration (default 1); compare.py keeps each side's
+#                  fastest round of a configuration
 #     OURS_ARGS    extra arguments for `resnet-ode bench train` (e.g. "--steps 3")
-#     TORCH_ARGS   extra arguments for bench_train.py (e.g. "--steps 3 --models tiny16,resnet56")
+#     TORCH_ARGS   extra arguments for bench_train.py (e.g. "--steps 3")
+#
+# The two sides alternate configuration by configuration (ours, then PyTorch, then the next
+# configuration), each configuration in fresh processes, so that a slow spell of a shared
+# machine lands on both sides of a ratio instead of on every row of one side.
 #     CARGO_TARGET_DIR  where cargo builds (and this script finds) the binary, e.g. target/tch to
 #                  keep a LibTorch build beside the default one
 #
@@ -58,14 +67,41 @@ fi
 echo "== cargo build --release ${FEATURES[*]:-}"
 (cd "$ROOT" && cargo build --release "${FEATURES[@]}")
 
-echo "== resnet-ode bench train --device $DEVICE"
-# shellcheck disable=SC2086
-"${CARGO_TARGET_DIR:-$ROOT/target}/release/resnet-ode" bench train --device "$DEVICE" --json "$OUT/ours.json" ${OURS_ARGS:-}
+MODELS="${MODELS:-tiny16 tiny64 tiny256 resnet56 resnet110}"
+SCHEMES="${SCHEMES:-euler}"
+MODES="${MODES:-backprop adjoint}"
+ROUNDS="${ROUNDS:-1}"
+BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/resnet-ode"
+: > "$OUT/ours.jsonl"
+: > "$OUT/pytorch.jsonl"
+PART="$OUT/part.json"
+# Appends the records of the JSON array in $PART to $1 (one per line).
+append() { "$PYTHON" -c 'import json, sys; [print(json.dumps(r)) for r in json.load(open(sys.argv[1]))]' "$PART" >> "$1"; }
 
-echo "== PyTorch bench_train.py --device $TORCH_DEVICE"
-# shellcheck disable=SC2086
-"$PYTHON" "$HERE/bench_train.py" --device "$TORCH_DEVICE" --threads "$THREADS" \
-  --json "$OUT/pytorch.json" ${TORCH_ARGS:-}
+for round in $(seq 1 "$ROUNDS"); do
+  for model in $MODELS; do
+    case "$model" in
+      tiny*) ours_model=(--models tiny --tiny-depths "${model#tiny}"); schemes="$SCHEMES" ;;
+      *) ours_model=(--models "$model"); schemes=euler ;;
+    esac
+    for scheme in ${schemes//,/ }; do
+      for mode in $MODES; do
+        echo "== round $round: $model $scheme $mode (resnet-ode --device $DEVICE, then PyTorch $TORCH_DEVICE)"
+        # shellcheck disable=SC2086
+        "$BIN" bench train --device "$DEVICE" "${ours_model[@]}" --schemes "$scheme" --modes "$mode" \
+          --json "$PART" ${OURS_ARGS:-}
+        append "$OUT/ours.jsonl"
+        # shellcheck disable=SC2086
+        "$PYTHON" "$HERE/bench_train.py" --device "$TORCH_DEVICE" --threads "$THREADS" \
+          --models "$model" --schemes "$scheme" --modes "$mode" --json "$PART" ${TORCH_ARGS:-}
+        append "$OUT/pytorch.jsonl"
+      done
+    done
+  done
+done
+rm -f "$PART"
+mv "$OUT/ours.jsonl" "$OUT/ours.json"
+mv "$OUT/pytorch.jsonl" "$OUT/pytorch.json"
 
 echo "== comparison"
 "$PYTHON" "$HERE/compare.py" "$OUT/ours.json" "$OUT/pytorch.json" --out "$OUT/compare.md"
