@@ -22,12 +22,12 @@
 #                  fastest round of a configuration
 #     OURS_ARGS    extra arguments for `resnet-ode bench train` (e.g. "--steps 3")
 #     TORCH_ARGS   extra arguments for bench_train.py (e.g. "--steps 3")
+#     CARGO_TARGET_DIR  where cargo builds (and this script finds) the binary, e.g. target/tch to
+#                  keep a LibTorch build beside the default one
 #
 # The two sides alternate configuration by configuration (ours, then PyTorch, then the next
 # configuration), each configuration in fresh processes, so that a slow spell of a shared
 # machine lands on both sides of a ratio instead of on every row of one side.
-#     CARGO_TARGET_DIR  where cargo builds (and this script finds) the binary, e.g. target/tch to
-#                  keep a LibTorch build beside the default one
 #
 # For the libtorch devices the Rust binary is built against the torch of $PYTHON:
 #     LIBTORCH_USE_PYTORCH=1 cargo build --release --features tch

@@ -12,6 +12,7 @@ pub mod batch_norm;
 pub mod conv3x3;
 #[cfg_attr(feature = "tch", allow(deprecated))]
 pub mod dot;
+mod flex_data;
 #[cfg_attr(feature = "tch", allow(deprecated))]
 pub mod relu;
 #[cfg_attr(feature = "tch", allow(deprecated))]

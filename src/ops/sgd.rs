@@ -32,22 +32,12 @@ pub struct SgdRule {
 )]
 pub trait SgdOps: Backend {
     /// `(w', b')` from the weights `w`, their gradient `g` and momentum buffer `b` (same shape).
-    #[allow(clippy::too_many_arguments)]
     fn sgd_step(
         w: FloatTensor<Self>,
         g: FloatTensor<Self>,
         b: FloatTensor<Self>,
-        lr: f64,
-        weight_decay: f64,
-        momentum: f64,
-        nesterov: bool,
+        rule: SgdRule,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        let rule = SgdRule {
-            lr,
-            weight_decay,
-            momentum,
-            nesterov,
-        };
         composed::<Self>(w, g, b, rule)
     }
 }
@@ -79,17 +69,8 @@ impl SgdOps for burn::backend::Flex {
         w: FloatTensor<Self>,
         g: FloatTensor<Self>,
         b: FloatTensor<Self>,
-        lr: f64,
-        weight_decay: f64,
-        momentum: f64,
-        nesterov: bool,
+        rule: SgdRule,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        let rule = SgdRule {
-            lr,
-            weight_decay,
-            momentum,
-            nesterov,
-        };
         flex::step(w, g, b, rule)
     }
 }
@@ -100,19 +81,10 @@ impl SgdOps for burn::backend::LibTorch {
         w: FloatTensor<Self>,
         g: FloatTensor<Self>,
         b: FloatTensor<Self>,
-        lr: f64,
-        weight_decay: f64,
-        momentum: f64,
-        nesterov: bool,
+        rule: SgdRule,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
         use burn::backend::libtorch::TchTensor;
-        let (w, b) = super::aten::sgd_step(
-            &w.tensor,
-            &g.tensor,
-            &b.tensor,
-            [lr, weight_decay, momentum],
-            nesterov,
-        );
+        let (w, b) = super::aten::sgd_step(&w.tensor, &g.tensor, &b.tensor, rule);
         (TchTensor::new(w), TchTensor::new(b))
     }
 }
@@ -123,19 +95,13 @@ impl<B: Backend + SgdOps, C: CheckpointStrategy> SgdOps for Autodiff<B, C> {
         w: FloatTensor<Self>,
         g: FloatTensor<Self>,
         b: FloatTensor<Self>,
-        lr: f64,
-        weight_decay: f64,
-        momentum: f64,
-        nesterov: bool,
+        rule: SgdRule,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
         let (w, b) = B::sgd_step(
             w.into_primitive(),
             g.into_primitive(),
             b.into_primitive(),
-            lr,
-            weight_decay,
-            momentum,
-            nesterov,
+            rule,
         );
         (FloatTensor::<Self>::new(w), FloatTensor::<Self>::new(b))
     }
@@ -144,16 +110,10 @@ impl<B: Backend + SgdOps, C: CheckpointStrategy> SgdOps for Autodiff<B, C> {
 mod flex {
     use super::SgdRule;
     use crate::ops::batch_norm::kernel::Float;
+    use crate::ops::flex_data::{tensor, values};
     use burn::backend::flex::FlexTensor;
     use burn::backend::TensorMetadata;
-    use burn::tensor::{DType, Element, TensorData};
-
-    fn values<T: Element + bytemuck::Pod>(t: &FlexTensor) -> Vec<T> {
-        match t.as_slice::<T>() {
-            Some(s) => s.to_vec(),
-            None => t.to_contiguous().as_slice::<T>().unwrap_or(&[]).to_vec(),
-        }
-    }
+    use burn::tensor::{DType, Element};
 
     fn run<T: Float + Element + bytemuck::Pod>(
         w: &FlexTensor,
@@ -162,9 +122,10 @@ mod flex {
         rule: SgdRule,
     ) -> (FlexTensor, FlexTensor) {
         let shape = w.shape().to_vec();
-        let (mut w, g, mut b) = (values::<T>(w), values::<T>(g), values::<T>(b));
+        let (mut w, mut b) = (values::<T>(w).into_owned(), values::<T>(b).into_owned());
+        let g = values::<T>(g);
         let [lr, wd, mu] = [rule.lr, rule.weight_decay, rule.momentum].map(T::from_f64);
-        for ((w, b), &g) in w.iter_mut().zip(b.iter_mut()).zip(&g) {
+        for ((w, b), &g) in w.iter_mut().zip(b.iter_mut()).zip(g.iter()) {
             // The composed order: each product rounded, then the sum.
             let d = if rule.weight_decay > 0.0 {
                 g + *w * wd
@@ -175,8 +136,7 @@ mod flex {
             let s = if rule.nesterov { d + *b * mu } else { *b };
             *w = *w - s * lr;
         }
-        let make = |v: Vec<T>| FlexTensor::from_data(TensorData::new(v, shape.clone()));
-        (make(w), make(b))
+        (tensor(w, shape.clone()), tensor(b, shape))
     }
 
     pub(super) fn step(
@@ -200,10 +160,7 @@ pub fn sgd_step(w: Tensor<1>, g: Tensor<1>, b: Tensor<1>, rule: SgdRule) -> (Ten
         w.into_dispatch(),
         g.into_dispatch(),
         b.into_dispatch(),
-        rule.lr,
-        rule.weight_decay,
-        rule.momentum,
-        rule.nesterov,
+        rule,
     );
     (Tensor::from_dispatch(w), Tensor::from_dispatch(b))
 }

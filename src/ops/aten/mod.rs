@@ -146,24 +146,18 @@ pub fn bn_backward(
     )
 }
 
-/// `(w', b')` of one SGD step with momentum (see `shim.cpp`); `[lr, weight decay, momentum]`.
-pub fn sgd_step(
-    w: &Tensor,
-    g: &Tensor,
-    b: &Tensor,
-    [lr, wd, momentum]: [f64; 3],
-    nesterov: bool,
-) -> (Tensor, Tensor) {
+/// `(w', b')` of one SGD step with momentum (see `shim.cpp`).
+pub fn sgd_step(w: &Tensor, g: &Tensor, b: &Tensor, rule: crate::ops::SgdRule) -> (Tensor, Tensor) {
     // SAFETY: as in `conv3x3_backward`.
     let r = call(|out, err, len| unsafe {
         rode_sgd_step(
             w.as_ptr(),
             g.as_ptr(),
             b.as_ptr(),
-            lr,
-            wd,
-            momentum,
-            c_int::from(nesterov),
+            rule.lr,
+            rule.weight_decay,
+            rule.momentum,
+            c_int::from(rule.nesterov),
             out,
             err,
             len,

@@ -2,10 +2,10 @@
 //! [`super::fast_path`] admits only f32 and f64 tensors, so the dtype is one of those.
 
 use super::kernel::{self, Float, Layout};
+use crate::ops::flex_data::{tensor, values};
 use burn::backend::flex::FlexTensor;
 use burn::backend::TensorMetadata;
-use burn::tensor::{DType, Element, TensorData};
-use std::borrow::Cow;
+use burn::tensor::{DType, Element};
 
 fn layout(x: &FlexTensor) -> Layout {
     let shape = x.shape();
@@ -15,17 +15,6 @@ fn layout(x: &FlexTensor) -> Layout {
         c,
         inner: shape.num_elements() / (n * c).max(1),
     }
-}
-
-fn values<T: Float + Element + bytemuck::Pod>(t: &FlexTensor) -> Cow<'_, [T]> {
-    match t.as_slice::<T>() {
-        Some(s) => Cow::Borrowed(s),
-        None => Cow::Owned(t.to_contiguous().as_slice::<T>().unwrap_or(&[]).to_vec()),
-    }
-}
-
-fn tensor<T: Float + Element>(values: Vec<T>, shape: Vec<usize>) -> FlexTensor {
-    FlexTensor::from_data(TensorData::new(values, shape))
 }
 
 fn stats<T: Float + Element + bytemuck::Pod>(x: &FlexTensor) -> (FlexTensor, FlexTensor) {

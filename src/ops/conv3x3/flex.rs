@@ -4,11 +4,11 @@
 use super::direct;
 use super::kernel::{self, Real, Shape};
 use super::same;
+use crate::ops::flex_data::{tensor, values};
 use burn::backend::flex::FlexTensor;
 use burn::backend::ops::{FloatTensorOps, ModuleOps};
 use burn::backend::{Flex, TensorMetadata};
-use burn::tensor::{DType, Element, TensorData};
-use std::borrow::Cow;
+use burn::tensor::{DType, Element};
 
 /// The fastest forward kernel for a float type: the direct AVX-512 one for f32 where it
 /// applies, im2col + GEMM otherwise.
@@ -46,18 +46,6 @@ fn shape(x: &FlexTensor, weight: &FlexTensor) -> Shape {
         h: xs[2],
         w: xs[3],
     }
-}
-
-/// The values of a float tensor in row-major order (copied only when not contiguous).
-fn values<T: Real + Element + bytemuck::Pod>(t: &FlexTensor) -> Cow<'_, [T]> {
-    match t.as_slice::<T>() {
-        Some(s) => Cow::Borrowed(s),
-        None => Cow::Owned(t.to_contiguous().as_slice::<T>().unwrap_or(&[]).to_vec()),
-    }
-}
-
-fn tensor<T: Real + Element>(values: Vec<T>, shape: Vec<usize>) -> FlexTensor {
-    FlexTensor::from_data(TensorData::new(values, shape))
 }
 
 fn forward<T: Conv>(x: &FlexTensor, weight: &FlexTensor, bias: &FlexTensor) -> FlexTensor {
