@@ -1,5 +1,5 @@
 //! Where tensors live and in which precision: the device is chosen at run time
-//! (`--device flex|libtorch|libtorch-cuda:N|cuda:N|vulkan[:N]`) and the float type with `--dtype f32|f64`.
+//! (`--device flex|libtorch|libtorch-cuda:N|cuda:N|vulkan[:N]|wgpu[:N]`) and the float type with `--dtype f32|f64`.
 //!
 //! burn fixes a device's default float type once per process, so resnet-ode never relies on it:
 //! every tensor is created through a [`Placement`] with an explicit dtype, which lets f32 and f64
@@ -77,8 +77,14 @@ pub enum DeviceSpec {
     LibTorchCuda(usize),
     /// CubeCL CUDA device N (feature `cuda`).
     Cuda(usize),
-    /// wgpu on Vulkan, adapter N or the default one (feature `vulkan`).
+    /// wgpu on Vulkan, adapter N or the default one (feature `vulkan`): kernels compiled to
+    /// SPIR-V.
     Vulkan(Option<usize>),
+    /// wgpu on whichever graphics API the machine offers (Vulkan, Metal, DirectX 12), adapter N
+    /// or the default one (feature `wgpu`): kernels written in WGSL and translated by wgpu's
+    /// naga, the path wgpu itself tests on every API (Mesa's lavapipe included, where
+    /// `vulkan`'s SPIR-V crashes the driver: NOTES.md).
+    Wgpu(Option<usize>),
 }
 
 impl FromStr for DeviceSpec {
@@ -96,6 +102,7 @@ impl FromStr for DeviceSpec {
             "flex" | "cpu" => Ok(DeviceSpec::Flex),
             "libtorch" => Ok(DeviceSpec::LibTorch),
             "vulkan" => Ok(DeviceSpec::Vulkan(None)),
+            "wgpu" => Ok(DeviceSpec::Wgpu(None)),
             _ => {
                 if let Some(rest) = s.strip_prefix("libtorch-cuda:") {
                     Ok(DeviceSpec::LibTorchCuda(index(rest)?))
@@ -103,10 +110,12 @@ impl FromStr for DeviceSpec {
                     Ok(DeviceSpec::Cuda(index(rest)?))
                 } else if let Some(rest) = s.strip_prefix("vulkan:") {
                     Ok(DeviceSpec::Vulkan(Some(index(rest)?)))
+                } else if let Some(rest) = s.strip_prefix("wgpu:") {
+                    Ok(DeviceSpec::Wgpu(Some(index(rest)?)))
                 } else {
                     Err(Error::invalid(
                         "--device",
-                        format!("`{s}`: expected flex, libtorch, libtorch-cuda:N, cuda:N, vulkan or vulkan:N"),
+                        format!("`{s}`: expected flex, libtorch, libtorch-cuda:N, cuda:N, vulkan, vulkan:N, wgpu or wgpu:N"),
                     ))
                 }
             }
@@ -123,6 +132,8 @@ impl std::fmt::Display for DeviceSpec {
             DeviceSpec::Cuda(i) => write!(f, "cuda:{i}"),
             DeviceSpec::Vulkan(None) => write!(f, "vulkan"),
             DeviceSpec::Vulkan(Some(i)) => write!(f, "vulkan:{i}"),
+            DeviceSpec::Wgpu(None) => write!(f, "wgpu"),
+            DeviceSpec::Wgpu(Some(i)) => write!(f, "wgpu:{i}"),
         }
     }
 }
@@ -141,10 +152,9 @@ impl DeviceSpec {
             #[cfg(feature = "cuda")]
             DeviceSpec::Cuda(i) => self.probe(Device::cuda(*i)),
             #[cfg(feature = "vulkan")]
-            DeviceSpec::Vulkan(i) => self.probe(Device::vulkan(match i {
-                Some(i) => burn::tensor::DeviceKind::DiscreteGpu(*i),
-                None => burn::tensor::DeviceKind::DefaultDevice,
-            })),
+            DeviceSpec::Vulkan(i) => self.probe(Device::vulkan(adapter(*i))),
+            #[cfg(feature = "wgpu")]
+            DeviceSpec::Wgpu(i) => self.probe(Device::wgpu(adapter(*i))),
             #[allow(unreachable_patterns)]
             other => Err(Error::invalid(
                 "--device",
@@ -161,7 +171,7 @@ impl DeviceSpec {
         match self {
             DeviceSpec::Flex | DeviceSpec::LibTorch => None,
             DeviceSpec::LibTorchCuda(i) | DeviceSpec::Cuda(i) => Some(*i),
-            DeviceSpec::Vulkan(i) => Some(i.unwrap_or(0)),
+            DeviceSpec::Vulkan(i) | DeviceSpec::Wgpu(i) => Some(i.unwrap_or(0)),
         }
     }
 
@@ -171,6 +181,7 @@ impl DeviceSpec {
             DeviceSpec::LibTorch | DeviceSpec::LibTorchCuda(_) => "tch",
             DeviceSpec::Cuda(_) => "cuda",
             DeviceSpec::Vulkan(_) => "vulkan",
+            DeviceSpec::Wgpu(_) => "wgpu",
         }
     }
 
@@ -178,7 +189,12 @@ impl DeviceSpec {
     /// up lazily and panics where the driver library, the device or an adapter is missing
     /// (cudarc's dlopen of libcuda, tch's CUDA check, wgpu's adapter request): that panic
     /// becomes an error naming the device, with the backend's own words on what is missing.
-    #[cfg(any(feature = "tch", feature = "cuda", feature = "vulkan"))]
+    #[cfg(any(
+        feature = "tch",
+        feature = "cuda",
+        feature = "vulkan",
+        feature = "wgpu"
+    ))]
     fn probe(&self, device: Device) -> Result<Device> {
         let hook = std::panic::take_hook();
         std::panic::set_hook(Box::new(|_| {}));
@@ -209,6 +225,15 @@ impl DeviceSpec {
                 ))
             }
         }
+    }
+}
+
+/// wgpu's adapter N (counted among discrete GPUs), or its own pick when none is named.
+#[cfg(any(feature = "vulkan", feature = "wgpu"))]
+fn adapter(index: Option<usize>) -> burn::tensor::DeviceKind {
+    match index {
+        Some(i) => burn::tensor::DeviceKind::DiscreteGpu(i),
+        None => burn::tensor::DeviceKind::DefaultDevice,
     }
 }
 
@@ -287,6 +312,8 @@ mod tests {
             "cuda:0",
             "vulkan",
             "vulkan:2",
+            "wgpu",
+            "wgpu:1",
         ] {
             let spec: DeviceSpec = name.parse().unwrap();
             assert_eq!(spec.to_string(), name);

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the GPU binary of resnet-ode offline-capable, from nothing but PyPI and crates.io:
 #   one stripped binary with `--features tch,cuda` (CubeCL CUDA + LibTorch CUDA 2.11),
-#   and with VULKAN=1 a second one with `--features vulkan` (wgpu/SPIR-V),
+#   with VULKAN=1 one with `--features vulkan` (wgpu/SPIR-V), and with WGPU=1 one with
+#   `--features wgpu` (wgpu/WGSL on Vulkan, Metal or DirectX 12),
 # each compressed with xz into .gpu/ (ignored by git) for carrying to a GPU machine.
 #
 # Never run by CI; the default build and `cargo test` need none of this.
@@ -14,9 +15,14 @@
 # - burn-tch must be compiled against the torch the GPU machine runs (2.11.0+cu130): a binary
 #   built against 2.9.0 misses six symbols there. Only torch/include and torch/lib are needed.
 # - CUDARC_CUDA_VERSION=13000 binds cudarc to the CUDA 13.0 driver (else it picks 13.4).
+# - The vulkan binary uses cubecl-spirv 0.11.3 with one fix (scripts/gpu/patches/): without it,
+#   every kernel with shared memory is invalid SPIR-V on drivers lacking explicit workgroup
+#   layouts, and Mesa's lavapipe segfaults on the first matmul.
 #
 # Usage: scripts/gpu/build.sh            (cache in ~/.cache/resnet-ode-gpu, or $GPU_CACHE)
 #        VULKAN=1 scripts/gpu/build.sh   (also the vulkan binary)
+#        WGPU=1 scripts/gpu/build.sh     (also the wgpu binary)
+#        CUDA=0 VULKAN=1 scripts/gpu/build.sh   (only the vulkan binary: no LLVM, no torch)
 #        JOBS=1 scripts/gpu/build.sh     (cargo -j; default: all cores, at nice 19)
 set -euo pipefail
 
@@ -30,6 +36,40 @@ mkdir -p "$CACHE/wheels" "$ROOT/.gpu"
 started=$(date +%s)
 say() { printf '== [%4ds] %s\n' "$(( $(date +%s) - started ))" "$*"; }
 
+build() { # build FEATURES NAME [CARGO ARGS...]
+  local features=$1 name=$2 target="$ROOT/target/gpu-$2"; shift 2
+  say "cargo build --release --features $features $* (target $target, -j $JOBS, nice 19)"
+  (cd "$ROOT" && env -u LIBTORCH_USE_PYTORCH \
+     CUDARC_CUDA_VERSION=13000 LIBTORCH="${TORCH_DIR:-}/torch" LIBTORCH_BYPASS_VERSION_CHECK=1 \
+     CARGO_PROFILE_RELEASE_STRIP=symbols CARGO_TARGET_DIR="$target" \
+     nice -n 19 cargo build --release -j "$JOBS" --features "$features" --bin resnet-ode "$@")
+  local bin="$target/release/resnet-ode"
+  say "$name: $(stat -c %s "$bin") bytes stripped; NEEDED: $(readelf -d "$bin" | sed -n 's/.*Shared library: \[\(.*\)\]/\1/p' | tr '\n' ' ')"
+  xz -T0 -6 -c "$bin" > "$ROOT/.gpu/resnet-ode-$name.xz.tmp"
+  mv "$ROOT/.gpu/resnet-ode-$name.xz.tmp" "$ROOT/.gpu/resnet-ode-$name.xz"
+  say "$name: .gpu/resnet-ode-$name.xz $(stat -c %s "$ROOT/.gpu/resnet-ode-$name.xz") bytes"
+}
+
+# cubecl-spirv with the shared-memory fix, in the cache, for `--config patch.crates-io…`; the
+# patch makes cargo rewrite Cargo.lock's entry, so the lock is put back after the build.
+build_vulkan() {
+  local fixed="$CACHE/cubecl-spirv-0.11.3-fixed"
+  if [ ! -e "$fixed/.patched" ]; then
+    say "cubecl-spirv 0.11.3 + scripts/gpu/patches/cubecl-spirv-0.11.3-implicit-shared.patch"
+    (cd "$ROOT" && cargo fetch -q)
+    local src
+    src=$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/cubecl-spirv-0.11.3 | head -n 1)
+    rm -rf "$fixed"; cp -r "$src" "$fixed"
+    patch -s -d "$fixed" -p1 < "$ROOT/scripts/gpu/patches/cubecl-spirv-0.11.3-implicit-shared.patch"
+    touch "$fixed/.patched"
+  fi
+  SAVED_LOCK=$(mktemp); cp "$ROOT/Cargo.lock" "$SAVED_LOCK"
+  trap 'cp "$SAVED_LOCK" "$ROOT/Cargo.lock"; rm -f "$SAVED_LOCK"' EXIT
+  build vulkan vulkan --config "patch.crates-io.cubecl-spirv.path=\"$fixed\""
+  cp "$SAVED_LOCK" "$ROOT/Cargo.lock"; rm -f "$SAVED_LOCK"; trap - EXIT
+}
+
+if [ "${CUDA:-1}" = 1 ]; then
 # 1. Wheels (about 620 MB), downloaded once.
 pipdl() { "$PY" -m pip download -q --no-deps --only-binary=:all: --platform manylinux_2_28_x86_64 -d "$CACHE/wheels" "$@"; }
 if ! ls "$CACHE"/wheels/mlc_llvm_static-"$LLVM_VERSION"-*.whl >/dev/null 2>&1 \
@@ -75,21 +115,9 @@ PYEOF
 fi
 grep -h "__version__\|git_version" "$TORCH_DIR/torch/version.py"
 
-build() { # build FEATURES NAME
-  local features=$1 name=$2 target="$ROOT/target/gpu-$2"
-  say "cargo build --release --features $features (target $target, -j $JOBS, nice 19)"
-  (cd "$ROOT" && env -u LIBTORCH_USE_PYTORCH \
-     CUDARC_CUDA_VERSION=13000 LIBTORCH="$TORCH_DIR/torch" LIBTORCH_BYPASS_VERSION_CHECK=1 \
-     CARGO_PROFILE_RELEASE_STRIP=symbols CARGO_TARGET_DIR="$target" \
-     nice -n 19 cargo build --release -j "$JOBS" --features "$features" --bin resnet-ode)
-  local bin="$target/release/resnet-ode"
-  say "$name: $(stat -c %s "$bin") bytes stripped; NEEDED: $(readelf -d "$bin" | sed -n 's/.*Shared library: \[\(.*\)\]/\1/p' | tr '\n' ' ')"
-  xz -T0 -6 -c "$bin" > "$ROOT/.gpu/resnet-ode-$name.xz.tmp"
-  mv "$ROOT/.gpu/resnet-ode-$name.xz.tmp" "$ROOT/.gpu/resnet-ode-$name.xz"
-  say "$name: .gpu/resnet-ode-$name.xz $(stat -c %s "$ROOT/.gpu/resnet-ode-$name.xz") bytes"
-}
-
 build tch,cuda cuda
-if [ "${VULKAN:-0}" = 1 ]; then build vulkan vulkan; fi
+fi
+if [ "${VULKAN:-0}" = 1 ]; then build_vulkan; fi
+if [ "${WGPU:-0}" = 1 ]; then build wgpu wgpu; fi
 git -C "$ROOT" rev-parse HEAD > "$ROOT/.gpu/commit"
 say "done; carry .gpu to the GPU machine and run scripts/gpu/device-check.sh there"

@@ -42,7 +42,7 @@ enum Command {
 /// Device and precision flags shared by every command.
 #[derive(clap::Args, Debug, Clone)]
 pub struct DeviceArgs {
-    /// Compute device: flex (pure-Rust CPU), libtorch, libtorch-cuda:N, cuda:N, vulkan[:N].
+    /// Compute device: flex (pure-Rust CPU), libtorch, libtorch-cuda:N, cuda:N, vulkan[:N], wgpu[:N].
     #[arg(long, default_value = "flex")]
     pub device: String,
     /// Float precision: f32 or f64.

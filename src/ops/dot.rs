@@ -21,7 +21,7 @@ use burn::tensor::Tensor;
 #[backend_extension(
     Flex,
     LibTorch: cfg(feature = "tch"),
-    Cube: cfg(any(feature = "cuda", feature = "vulkan")),
+    Cube: cfg(any(feature = "cuda", feature = "vulkan", feature = "wgpu")),
     Autodiff
 )]
 pub trait DotOps: Backend {
@@ -48,7 +48,7 @@ pub trait DotOps: Backend {
 
 impl DotOps for burn::backend::Flex {}
 
-#[cfg(any(feature = "cuda", feature = "vulkan"))]
+#[cfg(any(feature = "cuda", feature = "vulkan", feature = "wgpu"))]
 impl DotOps for burn::backend::Cube {}
 
 #[cfg(feature = "tch")]

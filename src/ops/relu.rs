@@ -16,7 +16,7 @@ use burn::tensor::Tensor;
 #[backend_extension(
     Flex,
     LibTorch: cfg(feature = "tch"),
-    Cube: cfg(any(feature = "cuda", feature = "vulkan")),
+    Cube: cfg(any(feature = "cuda", feature = "vulkan", feature = "wgpu")),
     Autodiff
 )]
 pub trait ReluOps: Backend {
@@ -33,7 +33,7 @@ pub trait ReluOps: Backend {
 
 impl ReluOps for burn::backend::Flex {}
 
-#[cfg(any(feature = "cuda", feature = "vulkan"))]
+#[cfg(any(feature = "cuda", feature = "vulkan", feature = "wgpu"))]
 impl ReluOps for burn::backend::Cube {}
 
 #[cfg(feature = "tch")]

@@ -27,7 +27,7 @@ pub struct SgdRule {
 #[backend_extension(
     Flex,
     LibTorch: cfg(feature = "tch"),
-    Cube: cfg(any(feature = "cuda", feature = "vulkan")),
+    Cube: cfg(any(feature = "cuda", feature = "vulkan", feature = "wgpu")),
     Autodiff
 )]
 pub trait SgdOps: Backend {
@@ -61,7 +61,7 @@ fn composed<B: Backend>(
     (B::float_sub(w, B::float_mul_scalar(s, rule.lr.into())), b)
 }
 
-#[cfg(any(feature = "cuda", feature = "vulkan"))]
+#[cfg(any(feature = "cuda", feature = "vulkan", feature = "wgpu"))]
 impl SgdOps for burn::backend::Cube {}
 
 impl SgdOps for burn::backend::Flex {

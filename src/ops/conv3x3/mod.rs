@@ -32,7 +32,7 @@ fn same() -> ConvOptions<2> {
 #[backend_extension(
     Flex,
     LibTorch: cfg(feature = "tch"),
-    Cube: cfg(any(feature = "cuda", feature = "vulkan")),
+    Cube: cfg(any(feature = "cuda", feature = "vulkan", feature = "wgpu")),
     Autodiff
 )]
 pub trait Conv3x3Ops: Backend {
@@ -127,7 +127,7 @@ impl Conv3x3Ops for burn::backend::LibTorch {
     }
 }
 
-#[cfg(any(feature = "cuda", feature = "vulkan"))]
+#[cfg(any(feature = "cuda", feature = "vulkan", feature = "wgpu"))]
 impl Conv3x3Ops for burn::backend::Cube {}
 
 #[derive(Debug)]
