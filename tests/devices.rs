@@ -96,12 +96,10 @@ fn gpu_gradients_match_flex() {
         let json: serde_json::Value = serde_json::from_str(&text).expect("gradcheck json parses");
         ["relative_error", "reconstruction_error"].map(|k| json[k].as_f64().expect(k))
     };
-    let to_1e3 = |g: f64, r: f64| (g - r).abs() <= 1e-3 * r;
-    let within_2x = |g: f64, r: f64| g <= 2.0 * r && r <= 2.0 * g;
-    let cases: [(&str, &str, &dyn Fn(f64, f64) -> bool); 3] = [
-        ("mlp", "euler", &to_1e3),
-        ("conv", "euler", &to_1e3),
-        ("mlp", "heun", &within_2x),
+    let cases: [(&str, &str, Agrees); 3] = [
+        ("mlp", "euler", to_1e3),
+        ("conv", "euler", to_1e3),
+        ("mlp", "heun", within_2x),
     ];
     for (residual, scheme, agrees) in cases {
         let reference = check("flex", residual, scheme);
@@ -114,4 +112,15 @@ fn gpu_gradients_match_flex() {
         }
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Whether a GPU figure `g` agrees with flex's `r`.
+type Agrees = fn(f64, f64) -> bool;
+
+fn to_1e3(g: f64, r: f64) -> bool {
+    (g - r).abs() <= 1e-3 * r
+}
+
+fn within_2x(g: f64, r: f64) -> bool {
+    g <= 2.0 * r && r <= 2.0 * g
 }

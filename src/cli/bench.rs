@@ -87,7 +87,7 @@ pub fn run(b: &Bench) -> anyhow::Result<()> {
     let schemes: Vec<Scheme> = parse_list("--schemes", &args.schemes)?;
     let bn: resnet_ode::norm::BnMode = args.bn.parse()?;
     check_json_dir(args.json.as_deref())?;
-    memory_note(&args.device.device)?;
+    memory_note(&args.device.device, matches!(b, Bench::Memory(_)))?;
     println!("minus the gradients still held when it returns; step time: median over repetitions.");
     println!("device {} dtype {}", args.device.device, args.device.dtype);
     println!(
@@ -328,10 +328,16 @@ fn train_configs(a: &TrainBenchArgs) -> anyhow::Result<Vec<TrainBench>> {
     Ok(out)
 }
 
-/// Says what the memory columns count on `device`, and warns where they cannot see its buffers.
-fn memory_note(device: &str) -> anyhow::Result<()> {
+/// Says what the memory columns count on `device`, and warns where they cannot see its buffers;
+/// an error where memory is what was asked for (`needed`) and this device's cannot be read.
+fn memory_note(device: &str, needed: bool) -> anyhow::Result<()> {
     let meter = resnet_ode::memory::Meter::for_device(device)?;
-    if !meter.is_reading() {
+    if let resnet_ode::memory::Meter::Unread(why) = &meter {
+        if needed {
+            anyhow::bail!("{why}: `bench memory` reads GPU memory through NVML (NVIDIA GPUs)");
+        }
+        eprintln!("note: memory columns read 0: {why}");
+    } else if !meter.is_reading() {
         eprintln!("note: heap counting is off; memory columns read 0");
     }
     if device == "libtorch" {
@@ -352,7 +358,7 @@ fn train(a: &TrainBenchArgs) -> anyhow::Result<()> {
     check_json_dir(a.json.as_deref())?;
     println!("Training steps (forward, backward, SGD update) on random 3×32×32 images; step time:");
     println!("median over {} steps after a warm-up.", a.steps);
-    memory_note(&a.device.device)?;
+    memory_note(&a.device.device, false)?;
     println!(
         "minus the gradients. device {} dtype {}",
         a.device.device, a.device.dtype

@@ -146,13 +146,20 @@ pub enum Meter {
     /// The GPU's memory as NVML reports it (see [`nvml`]): what the backend's caching allocator
     /// reserved at the step's peak above what the device held just before the step.
     Gpu(nvml::Nvml),
+    /// A GPU whose memory this process cannot read (no NVML: a GPU of another vendor, or a
+    /// software Vulkan driver): steps run and time as usual, memory columns read 0. The reason
+    /// is NVML's error, for the note that says so.
+    Unread(String),
 }
 
 impl Meter {
-    /// The meter for the device named `device` (`--device`): NVML for the GPU devices.
+    /// The meter for the device named `device` (`--device`): NVML for the GPU devices, where
+    /// the driver has it.
     pub fn for_device(device: &str) -> Result<Self> {
         match device.parse::<DeviceSpec>()?.gpu_index() {
-            Some(index) => Ok(Meter::Gpu(nvml::Nvml::open(index)?)),
+            Some(index) => Ok(nvml::Nvml::open(index)
+                .map(Meter::Gpu)
+                .unwrap_or_else(|e| Meter::Unread(e.to_string()))),
             None => Ok(Meter::Host),
         }
     }
@@ -163,7 +170,7 @@ impl Meter {
     /// step needs; that reading also holds the device's first-use costs (kernel modules,
     /// library workspaces, autotuning scratch), which do not depend on the depth.
     pub fn reads_first_step(&self) -> bool {
-        matches!(self, Meter::Gpu(_))
+        !matches!(self, Meter::Host)
     }
 
     /// Runs `step`, which must wait for the device before returning, and splits the memory it
@@ -185,6 +192,7 @@ impl Meter {
                 let held = held(&out);
                 (out, peak.saturating_sub(held), held)
             }
+            Meter::Unread(_) => (step(), 0, 0),
         }
     }
 
@@ -198,6 +206,7 @@ impl Meter {
         match self {
             Meter::Host => "peak heap bytes of one training step above the live baseline (counting allocator)",
             Meter::Gpu(_) => "peak GPU memory in use (NVML, sampled) during the first training step above the device's use just before it",
+            Meter::Unread(_) => "not read on this device (0)",
         }
     }
 }
