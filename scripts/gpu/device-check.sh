@@ -53,6 +53,14 @@ for dev in flex cuda:0 libtorch-cuda:0; do
     pids+=($!)
   done
 done
+# The Heun MLP in f64 on flex and cuda:0: in f32 CubeCL's Heun reconstruction was 5.6x flex's
+# (session 5) while lavapipe's wgpu paths matched flex (session 12). Equal in f64 would put the
+# gap on f32 kernel choices (TF32 matmul, fused arithmetic), not on the algorithm.
+for dev in flex cuda:0; do
+  tag="gradcheck-${dev%%:*}-mlp-heun64"
+  run 120 "$tag" "$BIN" gradcheck --depth 64 --residual mlp --scheme heun --dtype f64 --device "$dev" --json "$WORK/$tag.json" &
+  pids+=($!)
+done
 for dev in cuda:0 libtorch-cuda:0; do
   run 120 "train-${dev%%:*}" "$BIN" train --device "$dev" --epochs 3 --out "/tmp/run-${dev%%:*}" &
   pids+=($!)
@@ -66,12 +74,14 @@ import json, sys, glob, os
 out = sys.argv[1]
 keys = ("max_rel_sq_error", "min_cosine", "reconstruction_error")
 rows = []
-for cfg in ("mlp-euler", "mlp-heun", "conv-euler"):
+for cfg in ("mlp-euler", "mlp-heun", "conv-euler", "mlp-heun64"):
     ref_path = f"{out}/gradcheck-flex-{cfg}.json"
     if not os.path.exists(ref_path):
         continue
     ref = json.load(open(ref_path))
     for dev in ("cuda", "libtorch-cuda"):
+        if cfg == "mlp-heun64" and dev != "cuda":
+            continue
         p = f"{out}/gradcheck-{dev}-{cfg}.json"
         if not os.path.exists(p):
             rows.append(f"{cfg:11} {dev:14} missing"); continue
