@@ -144,7 +144,8 @@ where
 
 /// The activation memory of one training step of `stack` from `x` in `mode` (loss mean(x_N²)),
 /// measured as the benchmarks measure it: the transient heap peak of the step, after one
-/// warm-up step, the largest of `reps`. None without the counting allocator.
+/// warm-up step, the largest of `reps`. None without the counting allocator, or where it cannot
+/// see the tensors (LibTorch, GPUs: [`memory::sees`]).
 pub fn step_activation_bytes<F, const D: usize>(
     stack: &Stack<F>,
     x: &Tensor<D>,
@@ -156,7 +157,7 @@ where
     F: Residual<D> + ModuleDisplay,
 {
     drop(loss_step(stack, x, mode, bn));
-    if !memory::is_counting() {
+    if !memory::is_counting() || !memory::sees(&x.device()) {
         return None;
     }
     (0..reps.max(1))

@@ -122,7 +122,7 @@ fn measured(
     reps: usize,
 ) -> Option<usize> {
     step(blocks, x0, bn, mode);
-    if !memory::is_counting() {
+    if !memory::is_counting() || !memory::sees(&x0.device()) {
         return None;
     }
     (0..reps.max(1))

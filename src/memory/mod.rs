@@ -104,6 +104,14 @@ pub fn is_counting() -> bool {
     ACTIVE.load(Ordering::Relaxed)
 }
 
+/// Whether the counting allocator sees the buffers of tensors on `device`: flex keeps them in
+/// Rust's heap; LibTorch's (c10's allocator) and a GPU's are out of its sight, so a reading
+/// there counts bookkeeping only and must not stand for activation memory (`doctor`).
+pub fn sees(device: &burn::tensor::Device) -> bool {
+    let flex = burn::tensor::Device::flex();
+    *device == flex || *device == flex.autodiff()
+}
+
 /// Bytes currently allocated.
 pub fn live_bytes() -> usize {
     LIVE.load(Ordering::Relaxed)
@@ -208,5 +216,23 @@ impl Meter {
             Meter::Gpu(_) => "peak GPU memory in use (NVML, sampled) during the first training step above the device's use just before it",
             Meter::Unread(_) => "not read on this device (0)",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::tensor::Device;
+
+    #[test]
+    #[allow(deprecated)] // burn marks its LibTorch device deprecated
+    fn the_counter_sees_flex_tensors_only() {
+        assert!(super::sees(&Device::flex()));
+        assert!(super::sees(&Device::flex().autodiff()));
+        #[cfg(feature = "tch")]
+        assert!(!super::sees(&Device::libtorch().autodiff()));
+        #[cfg(feature = "wgpu")]
+        assert!(!super::sees(&Device::wgpu(
+            burn::tensor::DeviceKind::DefaultDevice
+        )));
     }
 }
