@@ -11,7 +11,9 @@
 # configuration, nothing else on the GPU, since NVML's reading is device-wide), then speed
 # (bench train ours vs bench/pytorch/bench_train.py --device cuda; bench speed). Every step runs
 # under `timeout`, cut to what is left of DEADLINE, so a slow first kernel compilation costs the
-# later steps, not the whole call.
+# later steps, not the whole call. Last, with whatever time is left: the wgpu devices, where
+# .gpu/ holds their binaries (VULKAN=1 WGPU=1 scripts/gpu/build.sh) and the Vulkan loader is
+# there or carried as .debs in .gl/ (the device README: libvulkan1 and friends, `carry .gl`).
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 OUT="${OUT:-out/device-check}"; mkdir -p "$OUT"
@@ -117,6 +119,24 @@ run 100 train-bench-pytorch python3 bench/pytorch/bench_train.py --device cuda -
 for dev in cuda:0 libtorch-cuda:0; do
   run 60 "speed-${dev%%:*}" "$BIN" bench speed --device "$dev" --workloads mlp,conv16 --depths 8,64 --reps 5 \
     --json "$WORK/speed-${dev%%:*}.json"
+done
+say "wgpu devices (vulkan: SPIR-V, wgpu: WGSL), with the time left"
+if ls .gl/*.deb >/dev/null 2>&1; then for f in .gl/*.deb; do dpkg -x "$f" /; done; ldconfig; fi
+icd=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
+[ -f "$icd" ] && export VK_DRIVER_FILES="${VK_DRIVER_FILES:-$icd}"
+ldconfig -p | grep -q libvulkan.so.1 || echo "no libvulkan.so.1: carry .gl (see the header)"
+for name in vulkan wgpu; do
+  [ -f ".gpu/resnet-ode-$name.xz" ] || { echo "no .gpu/resnet-ode-$name.xz"; continue; }
+  bin="/tmp/resnet-ode-$name"
+  python3 -c "import lzma,shutil;shutil.copyfileobj(lzma.open('.gpu/resnet-ode-$name.xz'),open('$bin','wb'))" && chmod +x "$bin"
+  for cfg in "mlp euler" "mlp heun" "conv euler"; do
+    set -- $cfg; tag="gradcheck-$name-$1-$2"
+    run 60 "$tag" "$bin" gradcheck --depth 64 --residual "$1" --scheme "$2" --device "$name" --json "$WORK/$tag.json"
+  done
+  run 60 "speed-$name" "$bin" bench speed --device "$name" --workloads mlp,conv16 --depths 8,64 --schemes euler --reps 5 \
+    --json "$WORK/speed-$name.json"
+  run 60 "train-bench-$name" "$bin" bench train --device "$name" --models tiny --tiny-depths 16 --steps 5 \
+    --json "$WORK/train-bench-$name.json"
 done
 say "done"
 tar czf "$OUT/device-check.tar.gz" -C "$WORK" . && ls -la "$OUT"
