@@ -82,8 +82,8 @@ pub enum DeviceSpec {
     Vulkan(Option<usize>),
     /// wgpu on whichever graphics API the machine offers (Vulkan, Metal, DirectX 12), adapter N
     /// or the default one (feature `wgpu`): kernels written in WGSL and translated by wgpu's
-    /// naga, the path wgpu itself tests on every API (Mesa's lavapipe included, where
-    /// `vulkan`'s SPIR-V crashes the driver: NOTES.md).
+    /// naga, the path wgpu itself tests on every API. It needs no fix of ours: `vulkan` needs
+    /// `scripts/gpu/patches/` on drivers without explicit workgroup layouts (Mesa's lavapipe).
     Wgpu(Option<usize>),
 }
 
