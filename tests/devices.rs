@@ -116,6 +116,43 @@ fn gpu_gradients_match_flex() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// GPU memory is read through NVML: on a GPU without it (lavapipe, other vendors) `bench memory`
+/// says so, naming `--device` and NVML, and `bench speed` still runs.
+#[test]
+fn gpu_benches_run_with_or_without_nvml() {
+    let gpus: Vec<&str> = GPU_DEVICES.into_iter().filter(|d| available(d)).collect();
+    if gpus.is_empty() {
+        eprintln!("skipping: no GPU device in this build and machine");
+    }
+    for gpu in gpus {
+        let bench = |kind| {
+            run(&[
+                "bench",
+                kind,
+                "--workloads",
+                "mlp",
+                "--depths",
+                "2",
+                "--modes",
+                "backprop",
+                "--schemes",
+                "euler",
+                "--reps",
+                "1",
+                "--device",
+                gpu,
+            ])
+        };
+        let (ok, err) = bench("speed");
+        assert!(ok, "{gpu}: bench speed: {err}");
+        let (ok, err) = bench("memory");
+        assert!(
+            ok || (err.contains("NVML") && err.contains("--device")),
+            "{gpu}: bench memory: {err}"
+        );
+    }
+}
+
 /// Whether a GPU figure `g` agrees with flex's `r`.
 type Agrees = fn(f64, f64) -> bool;
 

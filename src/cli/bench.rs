@@ -334,7 +334,10 @@ fn memory_note(device: &str, needed: bool) -> anyhow::Result<()> {
     let meter = resnet_ode::memory::Meter::for_device(device)?;
     if let resnet_ode::memory::Meter::Unread(why) = &meter {
         if needed {
-            anyhow::bail!("{why}: `bench memory` reads GPU memory through NVML (NVIDIA GPUs)");
+            anyhow::bail!(
+                "invalid --device {device}: {why}; `bench memory` reads GPU memory through NVML, \
+                 on NVIDIA GPUs only"
+            );
         }
         eprintln!("note: memory columns read 0: {why}");
     } else if !meter.is_reading() {

@@ -167,7 +167,7 @@ impl Meter {
         match device.parse::<DeviceSpec>()?.gpu_index() {
             Some(index) => Ok(nvml::Nvml::open(index)
                 .map(Meter::Gpu)
-                .unwrap_or_else(|e| Meter::Unread(e.to_string()))),
+                .unwrap_or_else(Meter::Unread)),
             None => Ok(Meter::Host),
         }
     }

@@ -11,7 +11,6 @@
 //! NVML is opened with `dlopen` (`libnvidia-ml.so.1`, which ships with the NVIDIA driver), so
 //! the binary has no link-time dependency on it and CPU machines never load it.
 
-use crate::{Error, Result};
 use std::ffi::{c_char, c_int, c_uint, c_void, CStr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -48,12 +47,9 @@ unsafe impl Send for Nvml {}
 impl Nvml {
     /// Opens NVML and the GPU with this index (NVML's order, the same as CUDA's unless
     /// `CUDA_VISIBLE_DEVICES` reorders them).
-    pub fn open(index: usize) -> Result<Self> {
+    pub fn open(index: usize) -> std::result::Result<Self, String> {
         let missing = |what: &str| {
-            Error::invalid(
-                "--device",
-                format!("cannot measure GPU memory: {what} (NVML, part of the NVIDIA driver)"),
-            )
+            format!("cannot read GPU memory: {what} (NVML, part of the NVIDIA driver)")
         };
         // SAFETY: dlopen/dlsym with NUL-terminated names; each symbol is cast to the signature
         // NVML's header (nvml.h) declares for it.
