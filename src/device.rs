@@ -63,7 +63,17 @@ impl FromStr for Precision {
 /// 2.2–3.8× backprop with two threads, 1.35–1.96× with one); GPU kernels are asynchronous anyway.
 /// There the adjoint runs on one thread.
 pub fn overlaps_host_threads(device: &Device) -> bool {
-    *device == Device::flex()
+    is_flex(device)
+}
+
+/// Whether `device` is flex's (with or without autodiff): the backend of the pure-Rust fast
+/// paths, the second host thread and the counting allocator's readings.
+pub fn is_flex(device: &Device) -> bool {
+    use burn::backend::DispatchDevice;
+    matches!(
+        device.clone().inner().as_dispatch(),
+        DispatchDevice::Flex(_)
+    )
 }
 
 /// Which compute device, as named on the command line.

@@ -108,8 +108,7 @@ pub fn is_counting() -> bool {
 /// Rust's heap; LibTorch's (c10's allocator) and a GPU's are out of its sight, so a reading
 /// there counts bookkeeping only and must not stand for activation memory (`doctor`).
 pub fn sees(device: &burn::tensor::Device) -> bool {
-    let flex = burn::tensor::Device::flex();
-    *device == flex || *device == flex.autodiff()
+    crate::device::is_flex(device)
 }
 
 /// Bytes currently allocated.

@@ -19,7 +19,7 @@ use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::autodiff::{Autodiff, NodeId};
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{backend_extension, Backend, Dispatch};
-use burn::tensor::{DType, Device, Tensor};
+use burn::tensor::{DType, Tensor};
 
 /// Per-channel statistics, normalisation and its backward.
 #[backend_extension(Flex, LibTorch: cfg(feature = "tch"), Autodiff)]
@@ -301,8 +301,8 @@ impl<B: Backend + BatchNormOps, C: CheckpointStrategy> BatchNormOps for Autodiff
 /// autodiff) in f32 or f64. Everything else keeps burn's composition.
 pub fn fast_path<const D: usize>(x: &Tensor<D>) -> bool {
     let device = x.device();
-    let flex = device == Device::flex() || device == Device::flex().autodiff();
-    (flex || super::on_libtorch(&device)) && matches!(x.dtype(), DType::F32 | DType::F64)
+    (crate::device::is_flex(&device) || super::on_libtorch(&device))
+        && matches!(x.dtype(), DType::F32 | DType::F64)
 }
 
 /// Batch mean and biased variance per channel (dimension 1), without a graph.
