@@ -33,8 +33,13 @@ run() {
 }
 
 say "unpack"
-BIN=/tmp/resnet-ode-gpu
-python3 -c "import lzma,shutil;shutil.copyfileobj(lzma.open('.gpu/resnet-ode-cuda.xz'),open('$BIN','wb'))" && chmod +x "$BIN"
+# unpack NAME: .gpu/resnet-ode-NAME.xz to /tmp/resnet-ode-NAME (python's lzma: no xz needed there).
+unpack() {
+  python3 -c "import lzma,shutil;shutil.copyfileobj(lzma.open('.gpu/resnet-ode-$1.xz'),open('/tmp/resnet-ode-$1','wb'))" \
+    && chmod +x "/tmp/resnet-ode-$1"
+}
+BIN=/tmp/resnet-ode-cuda
+unpack cuda
 cat .gpu/commit 2>/dev/null
 nvidia-smi -L; nvidia-smi --query-gpu=name,driver_version,memory.total,memory.used --format=csv
 TORCH_DIR=$(python3 -c "import torch,os;print(os.path.dirname(torch.__file__))")
@@ -128,7 +133,7 @@ ldconfig -p | grep -q libvulkan.so.1 || echo "no libvulkan.so.1: carry .gl (see 
 for name in vulkan wgpu; do
   [ -f ".gpu/resnet-ode-$name.xz" ] || { echo "no .gpu/resnet-ode-$name.xz"; continue; }
   bin="/tmp/resnet-ode-$name"
-  python3 -c "import lzma,shutil;shutil.copyfileobj(lzma.open('.gpu/resnet-ode-$name.xz'),open('$bin','wb'))" && chmod +x "$bin"
+  unpack "$name"
   for cfg in "mlp euler" "mlp heun" "conv euler"; do
     set -- $cfg; tag="gradcheck-$name-$1-$2"
     run 60 "$tag" "$bin" gradcheck --depth 64 --residual "$1" --scheme "$2" --device "$name" --json "$WORK/$tag.json"
