@@ -370,6 +370,24 @@ fn scaled_dot_matches_the_composition_on_libtorch() {
     scaled_dot_against_composition(&place(Precision::F64), 1e-14);
 }
 
+/// CubeCL's value is a product and a device-wide sum, on every CubeCL device this build and
+/// machine run (none in CI: it skips).
+#[cfg(any(feature = "cuda", feature = "vulkan", feature = "wgpu"))]
+#[test]
+fn scaled_dot_matches_the_composition_on_cubecl() {
+    use resnet_ode::device::DeviceSpec;
+    let mut ran = false;
+    for spec in ["cuda:0", "vulkan", "wgpu"] {
+        let spec: DeviceSpec = spec.parse().expect("a known device name");
+        let Ok(device) = spec.device() else { continue };
+        scaled_dot_against_composition(&Placement::new(device, Precision::F32), 1e-6);
+        ran = true;
+    }
+    if !ran {
+        eprintln!("skipping: no CubeCL device in this build and machine");
+    }
+}
+
 /// A block without a bias (the CIFAR ResNets'): the zero bias is a constant, whose gradient the
 /// op may skip; the input and weight gradients must still be conv2d's.
 fn conv3x3_without_bias_against_conv2d(p: &Placement, tol: f64) {

@@ -125,6 +125,17 @@ for dev in cuda:0 libtorch-cuda:0; do
   run 60 "speed-${dev%%:*}" "$BIN" bench speed --device "$dev" --workloads mlp,conv16 --depths 8,64 --reps 5 \
     --json "$WORK/speed-${dev%%:*}.json"
 done
+say "profile: CubeCL's kernels in one backprop and one adjoint MLP run (CUBECL_DEBUG_LOG)"
+# Every kernel's device time, the autotune choices and the compiled sources; the summary sums
+# the times by kernel. Session 13 replaced the adjoint's inner product (a 1x1 output matmul that
+# cubek runs on one unit or one cube: 7.7 ms per layer on the H200 in session 5) by a product
+# and a device-wide sum; this shows what each adjoint step costs now.
+for mode in backprop adjoint; do
+  CUBECL_DEBUG_LOG="$WORK/cubecl-$mode.log" run 60 "profile-cuda-$mode" "$BIN" bench speed --device cuda:0 \
+    --workloads mlp --depths 64 --schemes euler --modes "$mode" --reps 3 --in-process
+  python3 scripts/gpu/kernel-times.py "$WORK/cubecl-$mode.log" | tee "$WORK/kernel-times-$mode.txt"
+done
+
 say "wgpu devices (vulkan: SPIR-V, wgpu: WGSL), with the time left"
 if ls .gl/*.deb >/dev/null 2>&1; then for f in .gl/*.deb; do dpkg -x "$f" /; done; ldconfig; fi
 icd=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json

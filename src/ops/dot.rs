@@ -6,7 +6,8 @@
 //!
 //! The default body is one 1×n by n×1 matrix product (flex: a single pass); LibTorch uses ATen's
 //! `dot`, as MKL's `sgemv` took 9.7 ms for that product at TinyResNet's activation size
-//! against 0.3 ms.
+//! against 0.3 ms; CubeCL a product and a device-wide sum (its matrix product of that shape
+//! runs on one unit).
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -48,8 +49,19 @@ pub trait DotOps: Backend {
 
 impl DotOps for burn::backend::Flex {}
 
+/// CubeCL: a product and a parallel sum. As a 1×n by n×1 matrix product the inner product is
+/// cubek's `MatmulKind::InnerProduct`, whose kernels give the one output element to one unit
+/// (autotune's `matmul_naive`) or one cube (the default tiled kernel), so a single GPU thread
+/// or streaming multiprocessor walks the whole activation once per adjoint step; burn's sum
+/// is a reduction over the whole device (and fusion may merge the product into it).
 #[cfg(any(feature = "cuda", feature = "vulkan", feature = "wgpu"))]
-impl DotOps for burn::backend::Cube {}
+impl DotOps for burn::backend::Cube {
+    fn scaled_dot(a: FloatTensor<Self>, b: FloatTensor<Self>, scale: f64) -> FloatTensor<Self> {
+        use burn::backend::ops::FloatTensorOps;
+        let sum = Self::float_sum(Self::float_mul(a, b));
+        Self::float_mul_scalar(sum, scale.into())
+    }
+}
 
 #[cfg(feature = "tch")]
 impl DotOps for burn::backend::LibTorch {
