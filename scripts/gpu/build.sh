@@ -15,9 +15,10 @@
 # - burn-tch must be compiled against the torch the GPU machine runs (2.11.0+cu130): a binary
 #   built against 2.9.0 misses six symbols there. Only torch/include and torch/lib are needed.
 # - CUDARC_CUDA_VERSION=13000 binds cudarc to the CUDA 13.0 driver (else it picks 13.4).
-# - The vulkan binary uses cubecl-spirv 0.11.3 with one fix (scripts/gpu/patches/): without it,
-#   every kernel with shared memory is invalid SPIR-V on drivers lacking explicit workgroup
-#   layouts, and Mesa's lavapipe segfaults on the first matmul.
+# - Two upstream crates get a patch each (scripts/gpu/patches/): cubecl-spirv 0.11.3, without
+#   which every kernel with shared memory is invalid SPIR-V on drivers lacking explicit
+#   workgroup layouts (Mesa's lavapipe segfaults on the first matmul), and cubecl-cuda 0.11.3,
+#   which gains CUBECL_CUDA_TF32=0 to keep f32 matmuls and convolutions in f32.
 #
 # Usage: scripts/gpu/build.sh            (cache in ~/.cache/resnet-ode-gpu, or $GPU_CACHE)
 #        VULKAN=1 scripts/gpu/build.sh   (also the vulkan binary)
@@ -50,24 +51,26 @@ build() { # build FEATURES NAME [CARGO ARGS...]
   say "$name: .gpu/resnet-ode-$name.xz $(stat -c %s "$ROOT/.gpu/resnet-ode-$name.xz") bytes"
 }
 
-# cubecl-spirv with the shared-memory fix, in the cache, for `--config patch.crates-io…`; the
-# patch makes cargo rewrite Cargo.lock's entry, so the lock is put back after the build.
-build_vulkan() {
-  local fixed="$CACHE/cubecl-spirv-0.11.3-fixed"
-  if [ ! -e "$fixed/.patched" ]; then
-    say "cubecl-spirv 0.11.3 + scripts/gpu/patches/cubecl-spirv-0.11.3-implicit-shared.patch"
+# patched CRATE VERSION: a copy of the registry's CRATE-VERSION in the cache with every
+# scripts/gpu/patches/CRATE-VERSION-*.patch applied (redone when the patches change); prints
+# cargo's `--config` value that builds against it. Such a patch makes cargo rewrite Cargo.lock's
+# entry: the lock is put back when this script exits.
+patched() {
+  local crate=$1 version=$2 dir="$CACHE/$1-$2-patched" src p stamp
+  local patches=("$ROOT"/scripts/gpu/patches/"$crate-$version"-*.patch)
+  stamp=$(cat "${patches[@]}" | sha256sum | cut -c1-16)
+  if [ "$(cat "$dir/.patched" 2>/dev/null)" != "$stamp" ]; then
+    say "$crate $version + ${patches[*]##*/}" >&2
     (cd "$ROOT" && cargo fetch -q)
-    local src
-    src=$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/cubecl-spirv-0.11.3 | head -n 1)
-    rm -rf "$fixed"; cp -r "$src" "$fixed"
-    patch -s -d "$fixed" -p1 < "$ROOT/scripts/gpu/patches/cubecl-spirv-0.11.3-implicit-shared.patch"
-    touch "$fixed/.patched"
+    src=$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/"$crate-$version" | head -n 1)
+    rm -rf "$dir"; cp -r "$src" "$dir"
+    for p in "${patches[@]}"; do patch -s -d "$dir" -p1 < "$p"; done
+    echo "$stamp" > "$dir/.patched"
   fi
-  SAVED_LOCK=$(mktemp); cp "$ROOT/Cargo.lock" "$SAVED_LOCK"
-  trap 'cp "$SAVED_LOCK" "$ROOT/Cargo.lock"; rm -f "$SAVED_LOCK"' EXIT
-  build vulkan vulkan --config "patch.crates-io.cubecl-spirv.path=\"$fixed\""
-  cp "$SAVED_LOCK" "$ROOT/Cargo.lock"; rm -f "$SAVED_LOCK"; trap - EXIT
+  printf 'patch.crates-io.%s.path="%s"' "$crate" "$dir"
 }
+SAVED_LOCK=$(mktemp); cp "$ROOT/Cargo.lock" "$SAVED_LOCK"
+trap 'cp "$SAVED_LOCK" "$ROOT/Cargo.lock"; rm -f "$SAVED_LOCK"' EXIT
 
 if [ "${CUDA:-1}" = 1 ]; then
 # 1. Wheels (about 620 MB), downloaded once.
@@ -115,9 +118,10 @@ PYEOF
 fi
 grep -h "__version__\|git_version" "$TORCH_DIR/torch/version.py"
 
-build tch,cuda cuda
+cfg=$(patched cubecl-cuda 0.11.3)
+build tch,cuda cuda --config "$cfg"
 fi
-if [ "${VULKAN:-0}" = 1 ]; then build_vulkan; fi
+if [ "${VULKAN:-0}" = 1 ]; then cfg=$(patched cubecl-spirv 0.11.3); build vulkan vulkan --config "$cfg"; fi
 if [ "${WGPU:-0}" = 1 ]; then build wgpu wgpu; fi
 git -C "$ROOT" rev-parse HEAD > "$ROOT/.gpu/commit"
 say "done; carry .gpu to the GPU machine and run scripts/gpu/device-check.sh there"

@@ -61,13 +61,20 @@ for dev in flex cuda:0 libtorch-cuda:0; do
   done
 done
 # The Heun MLP in f64 on flex and cuda:0: in f32 CubeCL's Heun reconstruction was 5.6x flex's
-# (session 5) while lavapipe's wgpu paths matched flex (session 12). Equal in f64 would put the
-# gap on f32 kernel choices (TF32 matmul, fused arithmetic), not on the algorithm.
+# and its gradient error 3e-4 relative, TF32's rounding (session 5), while lavapipe's wgpu paths
+# matched flex (session 12; Vulkan registers no TF32). Equal in f64 would put the gap on f32
+# kernel choices, not on the algorithm.
 for dev in flex cuda:0; do
   tag="gradcheck-${dev%%:*}-mlp-heun64"
   run 120 "$tag" "$BIN" gradcheck --depth 64 --residual mlp --scheme heun --dtype f64 --device "$dev" --json "$WORK/$tag.json" &
   pids+=($!)
 done
+# The same in f32 with CUBECL_CUDA_TF32=0 (scripts/gpu/patches/: TF32 left unregistered, so
+# cubek's tensor-core kernels do not round f32 operands to TF32's 10-bit mantissa): flex's
+# figures here put the gap on TF32 alone.
+tag=gradcheck-cuda-mlp-heun-notf32
+CUBECL_CUDA_TF32=0 run 120 "$tag" "$BIN" gradcheck --depth 64 --residual mlp --scheme heun --device cuda:0 --json "$WORK/$tag.json" &
+pids+=($!)
 for dev in cuda:0 libtorch-cuda:0; do
   run 120 "train-${dev%%:*}" "$BIN" train --device "$dev" --epochs 3 --out "/tmp/run-${dev%%:*}" &
   pids+=($!)
@@ -81,24 +88,24 @@ import json, sys, glob, os
 out = sys.argv[1]
 keys = ("max_rel_sq_error", "min_cosine", "reconstruction_error")
 rows = []
-for cfg in ("mlp-euler", "mlp-heun", "conv-euler", "mlp-heun64"):
-    ref_path = f"{out}/gradcheck-flex-{cfg}.json"
+for cfg in ("mlp-euler", "mlp-heun", "conv-euler", "mlp-heun64", "mlp-heun-notf32"):
+    ref_path = f"{out}/gradcheck-flex-{cfg.removesuffix('-notf32')}.json"
     if not os.path.exists(ref_path):
         continue
     ref = json.load(open(ref_path))
     for dev in ("cuda", "libtorch-cuda"):
-        if cfg == "mlp-heun64" and dev != "cuda":
+        if cfg in ("mlp-heun64", "mlp-heun-notf32") and dev != "cuda":
             continue
         p = f"{out}/gradcheck-{dev}-{cfg}.json"
         if not os.path.exists(p):
-            rows.append(f"{cfg:11} {dev:14} missing"); continue
+            rows.append(f"{cfg:15} {dev:14} missing"); continue
         r = json.load(open(p))
         cells = []
         for k in keys:
             a, b = ref.get(k), r.get(k)
             rel = abs(a - b) / max(abs(a), 1e-30) if isinstance(a, (int, float)) and isinstance(b, (int, float)) else float("nan")
             cells.append(f"{k}={b:.6g} (flex {a:.6g}, rel diff {rel:.1e})" if isinstance(b, (int, float)) else f"{k}=?")
-        rows.append(f"{cfg:11} {dev:14} " + "; ".join(cells))
+        rows.append(f"{cfg:15} {dev:14} " + "; ".join(cells))
 print("\n".join(rows))
 open(f"{out}/gradcheck-compare.txt", "w").write("\n".join(rows) + "\n")
 PY
