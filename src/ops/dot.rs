@@ -53,7 +53,7 @@ impl DotOps for burn::backend::Flex {}
 /// cubek's `MatmulKind::InnerProduct`, whose kernels give the one output element to one unit
 /// (autotune's `matmul_naive`) or one cube (the default tiled kernel), so a single GPU thread
 /// or streaming multiprocessor walks the whole activation once per adjoint step; burn's sum
-/// is a reduction over the whole device (and fusion may merge the product into it).
+/// is a reduction over the whole device.
 #[cfg(any(feature = "cuda", feature = "vulkan", feature = "wgpu"))]
 impl DotOps for burn::backend::Cube {
     fn scaled_dot(a: FloatTensor<Self>, b: FloatTensor<Self>, scale: f64) -> FloatTensor<Self> {
