@@ -185,6 +185,27 @@ impl DeviceSpec {
         }
     }
 
+    /// Refuses the precisions this device computes wrongly: f64 on `vulkan` and `wgpu`. Their
+    /// kernels take `exp`, `tanh` and the other transcendental functions from GLSL.std.450 (or
+    /// WGSL, which has no f64), defined for 16- and 32-bit floats only, and CubeCL emits them
+    /// for f64 all the same: on Mesa's lavapipe f64 `exp` returned values near 1e-314 and
+    /// `tanh` wrong ones (arithmetic and matmuls were right), so a Heun gradcheck at depth 8
+    /// read a relative error of 3.5e-2 against flex's 7.2e-5. Silently wrong gradients are
+    /// worse than an error.
+    pub fn check_precision(&self, precision: Precision) -> Result<()> {
+        match (self, precision) {
+            (DeviceSpec::Vulkan(_) | DeviceSpec::Wgpu(_), Precision::F64) => Err(Error::invalid(
+                "--dtype",
+                format!(
+                    "f64 is not supported on `--device {self}`: Vulkan's and WGSL's exp and tanh \
+                     are defined for 32-bit floats only, so f64 results would be wrong; use \
+                     f32 there, or f64 on flex, libtorch or cuda:N"
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
+
     fn feature(&self) -> &'static str {
         match self {
             DeviceSpec::Flex => "",
@@ -312,6 +333,26 @@ pub fn check_finite<const D: usize>(t: &Tensor<D>, what: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn f64_is_refused_only_on_the_wgpu_devices() {
+        for spec in ["vulkan", "vulkan:1", "wgpu", "wgpu:0"] {
+            let spec: DeviceSpec = spec.parse().expect("a device name");
+            let err = spec
+                .check_precision(Precision::F64)
+                .expect_err("f64 refused")
+                .to_string();
+            assert!(
+                err.contains("--dtype") && err.contains(&format!("--device {spec}")),
+                "{err}"
+            );
+            assert!(spec.check_precision(Precision::F32).is_ok());
+        }
+        for spec in ["flex", "libtorch", "libtorch-cuda:0", "cuda:0"] {
+            let spec: DeviceSpec = spec.parse().expect("a device name");
+            assert!(spec.check_precision(Precision::F64).is_ok(), "{spec}");
+        }
+    }
 
     #[test]
     fn device_names_round_trip() {

@@ -116,6 +116,33 @@ fn gpu_gradients_match_flex() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// f64 on the wgpu devices computes exp and tanh wrongly (Vulkan and WGSL define them for
+/// 32-bit floats only): refused at once, naming `--dtype`, where the device runs at all.
+#[test]
+fn wgpu_devices_refuse_f64() {
+    for device in ["vulkan", "wgpu"] {
+        if !available(device) {
+            eprintln!("skipping {device}: not in this build and machine");
+            continue;
+        }
+        let (ok, err) = run(&[
+            "gradcheck",
+            "--depth",
+            "2",
+            "--dtype",
+            "f64",
+            "--device",
+            device,
+        ]);
+        assert!(!ok, "{device}");
+        assert!(!err.contains("panicked"), "{device} panicked: {err}");
+        assert!(
+            err.contains("--dtype") && err.contains("f64"),
+            "{device}: {err}"
+        );
+    }
+}
+
 /// GPU memory is read through NVML: on a GPU without it (lavapipe, other vendors) `bench memory`
 /// says so, naming `--device` and NVML, and `bench speed` still runs.
 #[test]

@@ -55,7 +55,9 @@ impl DeviceArgs {
     pub fn placement(&self) -> anyhow::Result<Placement> {
         let spec: DeviceSpec = self.device.parse()?;
         let precision: Precision = self.dtype.parse()?;
-        Ok(Placement::new(spec.device()?, precision))
+        let device = spec.device()?;
+        spec.check_precision(precision)?;
+        Ok(Placement::new(device, precision))
     }
 }
 
