@@ -46,7 +46,7 @@ build() { # build FEATURES NAME [CARGO ARGS...]
      nice -n 19 cargo build --release -j "$JOBS" --features "$features" --bin resnet-ode "$@")
   local bin="$target/release/resnet-ode"
   say "$name: $(stat -c %s "$bin") bytes stripped; NEEDED: $(readelf -d "$bin" | sed -n 's/.*Shared library: \[\(.*\)\]/\1/p' | tr '\n' ' ')"
-  xz -T0 -6 -c "$bin" > "$ROOT/.gpu/resnet-ode-$name.xz.tmp"
+  xz -T0 -9 -c "$bin" > "$ROOT/.gpu/resnet-ode-$name.xz.tmp"
   mv "$ROOT/.gpu/resnet-ode-$name.xz.tmp" "$ROOT/.gpu/resnet-ode-$name.xz"
   say "$name: .gpu/resnet-ode-$name.xz $(stat -c %s "$ROOT/.gpu/resnet-ode-$name.xz") bytes"
 }
