@@ -143,6 +143,50 @@ fn wgpu_devices_refuse_f64() {
     }
 }
 
+/// CubeCL's tuned kernel choices persist per environment; with `CUBECL_CUDA_TF32=0` and no
+/// environment named, the binary keeps them apart (`no-tf32`), since a choice tuned with TF32
+/// does not launch without it. Seen in the cache folder CubeCL makes beside the nearest
+/// Cargo.toml.
+#[test]
+fn tuning_without_tf32_has_its_own_cache() {
+    let Some(device) = ["cuda:0", "vulkan", "wgpu"]
+        .into_iter()
+        .find(|d| available(d))
+    else {
+        eprintln!("skipping: no CubeCL device in this build and machine");
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!("resnet-ode-tf32-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    std::fs::write(dir.join("Cargo.toml"), "").expect("marker Cargo.toml");
+    let out = Command::new(env!("CARGO_BIN_EXE_resnet-ode"))
+        .args(["gradcheck", "--depth", "2", "--device", device])
+        .current_dir(&dir)
+        .env("CUBECL_CUDA_TF32", "0")
+        .env_remove("CUBECL_ENVIRONMENT")
+        .output()
+        .expect("run resnet-ode");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let names: Vec<String> = std::fs::read_dir(dir.join("target").join("environment"))
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(
+        names.iter().any(|n| n.starts_with("no-tf32"))
+            && !names.iter().any(|n| n.starts_with("default")),
+        "{device}: cache files {names:?}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// GPU memory is read through NVML: on a GPU without it (lavapipe, other vendors) `bench memory`
 /// says so, naming `--device` and NVML, and `bench speed` still runs.
 #[test]
