@@ -4,10 +4,11 @@
 //! `grad_outputs=g`; this op keeps that to one read of each tensor forward and one pass back
 //! (`dk = s·u·b`), where a scaled copy, a product and a sum took five reads and three writes.
 //!
-//! The default body is one 1×n by n×1 matrix product (flex: a single pass); LibTorch uses ATen's
-//! `dot`, as MKL's `sgemv` took 9.7 ms for that product at TinyResNet's activation size
-//! against 0.3 ms; CubeCL a product and a device-wide sum (its matrix product of that shape
-//! runs on one unit).
+//! The default body is burn's composition, a product and a sum over the whole tensor (CubeCL
+//! runs the sum as one parallel reduction). Flex writes it as one 1×n by n×1 matrix product, a
+//! single pass; that shape must stay off GPUs, where cubek gives the one output element to one
+//! unit or one cube. LibTorch uses ATen's `dot`, as MKL's `sgemv` took 9.7 ms for that product
+//! at TinyResNet's activation size against 0.3 ms.
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -28,11 +29,8 @@ use burn::tensor::Tensor;
 pub trait DotOps: Backend {
     /// `scale · ⟨a, b⟩` as a one-element tensor; `a` and `b` have the same shape.
     fn scaled_dot(a: FloatTensor<Self>, b: FloatTensor<Self>, scale: f64) -> FloatTensor<Self> {
-        let n = a.shape().num_elements();
-        let row = Self::float_reshape(a, [1, n].into());
-        let column = Self::float_reshape(b, [n, 1].into());
-        let product = Self::float_matmul(row, column);
-        Self::float_reshape(Self::float_mul_scalar(product, scale.into()), [1].into())
+        let sum = Self::float_sum(Self::float_mul(a, b));
+        Self::float_mul_scalar(sum, scale.into())
     }
 
     /// `scale · grad · b`, the gradient with respect to `a` (`grad` has one element).
@@ -47,21 +45,24 @@ pub trait DotOps: Backend {
     }
 }
 
-impl DotOps for burn::backend::Flex {}
-
-/// CubeCL: a product and a parallel sum. As a 1×n by n×1 matrix product the inner product is
-/// cubek's `MatmulKind::InnerProduct`, whose kernels give the one output element to one unit
-/// (autotune's `matmul_naive`) or one cube (the default tiled kernel), so a single GPU thread
-/// or streaming multiprocessor walks the whole activation once per adjoint step; burn's sum
-/// is a reduction over the whole device.
-#[cfg(any(feature = "cuda", feature = "vulkan", feature = "wgpu"))]
-impl DotOps for burn::backend::Cube {
+/// Flex: one 1×n by n×1 matrix product reads each tensor once and writes nothing in between.
+impl DotOps for burn::backend::Flex {
     fn scaled_dot(a: FloatTensor<Self>, b: FloatTensor<Self>, scale: f64) -> FloatTensor<Self> {
         use burn::backend::ops::FloatTensorOps;
-        let sum = Self::float_sum(Self::float_mul(a, b));
-        Self::float_mul_scalar(sum, scale.into())
+        let n = a.shape().num_elements();
+        let row = Self::float_reshape(a, [1, n].into());
+        let column = Self::float_reshape(b, [n, 1].into());
+        let product = Self::float_matmul(row, column);
+        Self::float_reshape(Self::float_mul_scalar(product, scale.into()), [1].into())
     }
 }
+
+/// CubeCL keeps the composition: as a matrix product the inner product is cubek's
+/// `MatmulKind::InnerProduct`, whose kernels give the one output element to one unit
+/// (autotune's `matmul_naive`) or one cube (the untuned tiled kernel), so one GPU thread or
+/// streaming multiprocessor would walk the whole activation every adjoint step.
+#[cfg(any(feature = "cuda", feature = "vulkan", feature = "wgpu"))]
+impl DotOps for burn::backend::Cube {}
 
 #[cfg(feature = "tch")]
 impl DotOps for burn::backend::LibTorch {
