@@ -20,7 +20,7 @@
 use crate::device::Placement;
 use crate::ops::batch_norm;
 use burn::module::{Module, Param, RunningState};
-use burn::tensor::module::{batch_norm, batch_norm_train};
+use burn::tensor::module::batch_norm;
 use burn::tensor::Tensor;
 use std::str::FromStr;
 
@@ -208,16 +208,13 @@ impl BatchNorm {
         if norm.mode == BnMode::Frozen || norm.phase == Phase::Eval {
             return act(self.with_running(x, g, b), relu);
         }
-        if batch_norm::fast_path(&x) {
-            return self.fused(x, [g, b], norm, relu);
-        }
-        act(self.composed(x, [g, b], norm), relu)
+        self.batch(x, [g, b], norm, relu)
     }
 
-    /// The training-time passes with flex's or ATen's kernels: statistics, then one normalisation whose
-    /// backward is batch norm's (at the batch statistics) or the straight-through one (at the
-    /// cached statistics), with the ReLU fused.
-    fn fused<const D: usize>(
+    /// The training-time passes (`ops::batch_norm`: flex's or ATen's kernels, burn's ops on
+    /// CubeCL): statistics, then one normalisation whose backward is batch norm's (at the batch
+    /// statistics) or the straight-through one (at the cached statistics), with the ReLU fused.
+    fn batch<const D: usize>(
         &self,
         x: Tensor<D>,
         [g, b]: [Tensor<1>; 2],
@@ -244,40 +241,6 @@ impl BatchNorm {
         batch_norm::normalize(x, [g, b, mean, var], self.epsilon, relu, given)
     }
 
-    /// The same passes composed from burn's ops (every other device).
-    fn composed<const D: usize>(
-        &self,
-        x: Tensor<D>,
-        [g, b]: [Tensor<1>; 2],
-        norm: &mut Norm,
-    ) -> Tensor<D> {
-        match (norm.phase, norm.mode) {
-            (Phase::Forward, _) => {
-                let count = x.shape().num_elements() / x.dims()[1];
-                let out = batch_norm_train(x, g, b, self.epsilon);
-                self.update_running(out.mean.clone(), out.variance.clone(), count);
-                norm.record(out.mean, out.variance);
-                out.output
-            }
-            (Phase::Reconstruct, BnMode::Cached) => match norm.cached(g.dims()[0]) {
-                Some(s) => batch_norm(
-                    x.clone(),
-                    g,
-                    b,
-                    like(s.mean, &x),
-                    like(s.var, &x),
-                    self.epsilon,
-                ),
-                None => batch_norm_train(x, g, b, self.epsilon).output,
-            },
-            (Phase::Vjp, BnMode::Cached) => match norm.cached(g.dims()[0]) {
-                Some(s) => self.straight_through(x, g, b, s),
-                None => batch_norm_train(x, g, b, self.epsilon).output,
-            },
-            _ => batch_norm_train(x, g, b, self.epsilon).output,
-        }
-    }
-
     fn with_running<const D: usize>(&self, x: Tensor<D>, g: Tensor<1>, b: Tensor<1>) -> Tensor<D> {
         let m = like(self.running_mean.value_sync(), &x);
         let v = like(self.running_var.value_sync(), &x);
@@ -291,38 +254,8 @@ impl BatchNorm {
         let plain = |t: Tensor<1>| t.without_autodiff();
         let rm = plain(self.running_mean.value_sync());
         let rv = plain(self.running_var.value_sync());
-        let (rm, rv) = match batch_norm::fast_path(&rm) {
-            true => batch_norm::running([rm, rv, plain(mean), plain(var)], m, unbias),
-            false => (
-                rm * (1.0 - m) + plain(mean) * m,
-                rv * (1.0 - m) + plain(var) * (m * unbias),
-            ),
-        };
+        let (rm, rv) = batch_norm::running([rm, rv, plain(mean), plain(var)], m, unbias);
         self.running_mean.update(rm);
         self.running_var.update(rv);
-    }
-
-    /// Value normalised with the cached statistics; derivative of batch normalisation at `x`.
-    fn straight_through<const D: usize>(
-        &self,
-        x: Tensor<D>,
-        g: Tensor<1>,
-        b: Tensor<1>,
-        s: BnStats,
-    ) -> Tensor<D> {
-        let dims: Vec<usize> = (0..D).filter(|&d| d != 1).collect();
-        let c = x.dims()[1];
-        let mut shape = [1usize; D];
-        shape[1] = c;
-        let mean = x.clone().mean_dims(&dims);
-        let centered = x - mean.clone();
-        let var = centered.clone().square().mean_dims(&dims);
-        let mean_c = like(s.mean, &centered).reshape(shape);
-        let var_c = like(s.var, &centered).reshape(shape);
-        // x − μ̂ with μ̂ = μ_cached + (μ − sg(μ)): value uses μ_cached, derivative uses μ.
-        let centered = centered + mean.clone().detach() - mean_c;
-        let var = var.clone() - var.detach() + var_c;
-        let xn = centered / (var + self.epsilon).sqrt();
-        xn * g.reshape(shape) + b.reshape(shape)
     }
 }

@@ -23,20 +23,3 @@ pub use conv3x3::conv3x3;
 pub use dot::scaled_dot;
 pub use relu::relu;
 pub use sgd::{sgd_step, SgdRule};
-
-use burn::tensor::Device;
-
-/// Whether `device` is LibTorch's (CPU or CUDA, with or without autodiff): ATen's kernels apply.
-#[cfg(feature = "tch")]
-pub(crate) fn on_libtorch(device: &Device) -> bool {
-    use burn::backend::DispatchDevice;
-    matches!(
-        device.clone().inner().as_dispatch(),
-        DispatchDevice::LibTorch(_)
-    )
-}
-
-#[cfg(not(feature = "tch"))]
-pub(crate) fn on_libtorch(_: &Device) -> bool {
-    false
-}

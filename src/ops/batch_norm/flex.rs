@@ -1,9 +1,11 @@
-//! flex's side of the batch-norm ops: borrow the storage, run [`super::kernel`], wrap.
-//! [`super::fast_path`] admits only f32 and f64 tensors, so the dtype is one of those.
+//! flex's side of the batch-norm ops: borrow the storage, run [`super::kernel`], wrap. The
+//! kernels are f32 and f64; any other float type takes the composition ([`super::composed`]).
 
+use super::composed;
 use super::kernel::{self, Float, Layout};
 use crate::ops::flex_data::{tensor, values};
 use burn::backend::flex::FlexTensor;
+use burn::backend::Flex;
 use burn::backend::TensorMetadata;
 use burn::tensor::{DType, Element};
 
@@ -26,7 +28,8 @@ fn stats<T: Float + Element + bytemuck::Pod>(x: &FlexTensor) -> (FlexTensor, Fle
 pub(super) fn statistics(x: FlexTensor) -> (FlexTensor, FlexTensor) {
     match x.dtype() {
         DType::F64 => stats::<f64>(&x),
-        _ => stats::<f32>(&x),
+        DType::F32 => stats::<f32>(&x),
+        _ => composed::statistics::<Flex>(x),
     }
 }
 
@@ -53,7 +56,8 @@ fn norm<T: Float + Element + bytemuck::Pod>(
 pub(super) fn normalize(x: FlexTensor, p: [FlexTensor; 4], epsilon: f64, relu: bool) -> FlexTensor {
     match x.dtype() {
         DType::F64 => norm::<f64>(&x, &p, epsilon, relu),
-        _ => norm::<f32>(&x, &p, epsilon, relu),
+        DType::F32 => norm::<f32>(&x, &p, epsilon, relu),
+        _ => composed::normalize::<Flex>(x, p, epsilon, relu),
     }
 }
 
@@ -87,10 +91,12 @@ pub(super) fn backward(
     p: [FlexTensor; 5],
     epsilon: f64,
     relu: bool,
+    given: bool,
 ) -> (FlexTensor, FlexTensor, FlexTensor) {
     match x.dtype() {
         DType::F64 => back::<f64>(&x, &p, epsilon, relu),
-        _ => back::<f32>(&x, &p, epsilon, relu),
+        DType::F32 => back::<f32>(&x, &p, epsilon, relu),
+        _ => composed::backward::<Flex>(x, p, epsilon, relu, given),
     }
 }
 
@@ -122,6 +128,7 @@ pub(super) fn running(
 ) -> (FlexTensor, FlexTensor) {
     match stats[0].dtype() {
         DType::F64 => run::<f64>(&stats, momentum, unbias),
-        _ => run::<f32>(&stats, momentum, unbias),
+        DType::F32 => run::<f32>(&stats, momentum, unbias),
+        _ => composed::running::<Flex>(stats, momentum, unbias),
     }
 }

@@ -3,10 +3,10 @@
 //! and one backward that serves both the ordinary training forward and the adjoint's
 //! straight-through `cached` evaluation (see [`kernel`] and `norm.rs`).
 //!
-//! Flex has its own kernels, LibTorch ATen's (`libtorch.rs`: the kernels PyTorch's autograd
-//! runs); [`fast_path`] says whether a tensor can take one, and `norm.rs` keeps burn's
-//! composition (its `batch_norm_train`, `batch_norm` and tensor ops) everywhere else (CubeCL).
+//! The trait's default bodies are burn's ops ([`composed`]: CubeCL runs them), flex has its own
+//! kernels, LibTorch ATen's (`libtorch.rs`: the kernels PyTorch's autograd runs).
 
+pub mod composed;
 mod flex;
 pub mod kernel;
 #[cfg(feature = "tch")]
@@ -19,13 +19,20 @@ use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::autodiff::{Autodiff, NodeId};
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{backend_extension, Backend, Dispatch};
-use burn::tensor::{DType, Tensor};
+use burn::tensor::Tensor;
 
 /// Per-channel statistics, normalisation and its backward.
-#[backend_extension(Flex, LibTorch: cfg(feature = "tch"), Autodiff)]
+#[backend_extension(
+    Flex,
+    LibTorch: cfg(feature = "tch"),
+    Cube: cfg(any(feature = "cuda", feature = "vulkan", feature = "wgpu")),
+    Autodiff
+)]
 pub trait BatchNormOps: Backend {
     /// Batch mean and biased variance over every dimension but 1 (no gradient).
-    fn bn_statistics(x: FloatTensor<Self>) -> (FloatTensor<Self>, FloatTensor<Self>);
+    fn bn_statistics(x: FloatTensor<Self>) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        composed::statistics::<Self>(x)
+    }
 
     /// `γ (x − mean)/√(var + ε) + β` per channel, then `max(·, 0)` if `relu`; differentiated
     /// with respect to `x` as batch normalisation at `x`'s own statistics (and to γ, β).
@@ -41,7 +48,10 @@ pub trait BatchNormOps: Backend {
         epsilon: f64,
         relu: bool,
         given: bool,
-    ) -> FloatTensor<Self>;
+    ) -> FloatTensor<Self> {
+        let _ = given; // the value does not depend on it
+        composed::normalize::<Self>(x, [gamma, beta, mean, var], epsilon, relu)
+    }
 
     /// `(dx, dγ, dβ)` of [`BatchNormOps::bn_normalize`], given its output `y` (the ReLU's mask).
     #[allow(clippy::too_many_arguments)]
@@ -55,7 +65,9 @@ pub trait BatchNormOps: Backend {
         epsilon: f64,
         relu: bool,
         given: bool,
-    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        composed::backward::<Self>(x, [gamma, mean, var, y, grad], epsilon, relu, given)
+    }
 
     /// Running statistics after a batch with statistics `(mean, var)`, PyTorch's rule:
     /// `(1 − m)·rm + m·mean` and `(1 − m)·rv + m·unbias·var` (`unbias` = M/(M − 1)). One op
@@ -68,8 +80,13 @@ pub trait BatchNormOps: Backend {
         var: FloatTensor<Self>,
         momentum: f64,
         unbias: f64,
-    ) -> (FloatTensor<Self>, FloatTensor<Self>);
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        composed::running::<Self>([rm, rv, mean, var], momentum, unbias)
+    }
 }
+
+#[cfg(any(feature = "cuda", feature = "vulkan", feature = "wgpu"))]
+impl BatchNormOps for burn::backend::Cube {}
 
 impl BatchNormOps for burn::backend::Flex {
     fn bn_statistics(x: FloatTensor<Self>) -> (FloatTensor<Self>, FloatTensor<Self>) {
@@ -98,9 +115,9 @@ impl BatchNormOps for burn::backend::Flex {
         grad: FloatTensor<Self>,
         epsilon: f64,
         relu: bool,
-        _given: bool, // the kernel centres on x's own mean whatever the statistics
+        given: bool, // the kernel centres on x's own mean whatever the statistics
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
-        flex::backward(x, [gamma, mean, var, y, grad], epsilon, relu)
+        flex::backward(x, [gamma, mean, var, y, grad], epsilon, relu, given)
     }
 
     fn bn_running(
@@ -295,14 +312,6 @@ impl<B: Backend + BatchNormOps, C: CheckpointStrategy> BatchNormOps for Autodiff
         let (rm, rv) = B::bn_running(rm, rv, mean, var, momentum, unbias);
         (FloatTensor::<Self>::new(rm), FloatTensor::<Self>::new(rv))
     }
-}
-
-/// Whether `x` can take a kernel of this module: it lives on flex or LibTorch (with or without
-/// autodiff) in f32 or f64. Everything else keeps burn's composition.
-pub fn fast_path<const D: usize>(x: &Tensor<D>) -> bool {
-    let device = x.device();
-    (crate::device::is_flex(&device) || super::on_libtorch(&device))
-        && matches!(x.dtype(), DType::F32 | DType::F64)
 }
 
 /// Batch mean and biased variance per channel (dimension 1), without a graph.
