@@ -132,7 +132,7 @@ for dev in cuda:0 libtorch-cuda:0; do
   run 60 "speed-${dev%%:*}" "$BIN" bench speed --device "$dev" --workloads mlp,conv16 --depths 8,64 --reps 5 \
     --json "$WORK/speed-${dev%%:*}.json"
 done
-say "profile: CubeCL's kernels in one backprop and one adjoint MLP run (CUBECL_DEBUG_LOG)"
+say "profile: CubeCL's kernels in one backprop and one adjoint MLP run, and TinyResNet (CUBECL_DEBUG_LOG)"
 # Every kernel's device time, the autotune choices and the compiled sources; the summary sums
 # the times by kernel. Session 13 replaced the adjoint's inner product (a 1x1 output matmul that
 # cubek runs on one unit or one cube: 7.7 ms per layer on the H200 in session 5) by a product
@@ -142,6 +142,11 @@ for mode in backprop adjoint; do
     --workloads mlp --depths 64 --schemes euler --modes "$mode" --reps 3 --in-process
   python3 scripts/gpu/kernel-times.py "$WORK/cubecl-$mode.log" | tee "$WORK/kernel-times-$mode.txt"
 done
+# A TinyResNet step (convolutions, batch norm, ReLU): kernel launches per step on lavapipe were
+# 1354 (backprop) and 1721 (adjoint) at N = 16 in session 14, after batch norm's composition.
+CUBECL_DEBUG_LOG="$WORK/cubecl-tiny.log" run 60 profile-cuda-tiny "$BIN" bench train --device cuda:0 \
+  --models tiny --tiny-depths 16 --modes backprop,adjoint --steps 3 --in-process
+python3 scripts/gpu/kernel-times.py "$WORK/cubecl-tiny.log" | tee "$WORK/kernel-times-tiny.txt"
 
 say "wgpu devices (vulkan: SPIR-V, wgpu: WGSL), with the time left"
 if ls .gl/*.deb >/dev/null 2>&1; then for f in .gl/*.deb; do dpkg -x "$f" /; done; ldconfig; fi
