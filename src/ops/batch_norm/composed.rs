@@ -1,5 +1,6 @@
 //! The batch-norm ops composed from burn's backend ops: the trait's default bodies (CubeCL runs
-//! them) and the reference the kernels are tested against. The same formulas as
+//! them; flex too for float types its kernels lack), checked against flex's kernels in a unit
+//! test below. The same formulas as
 //! [`super::kernel`]: the backward is written out (two per-channel sums and one elementwise
 //! expression) instead of left to autodiff over a composition of a dozen ops, and the
 //! straight-through correction of cached statistics is one more per-channel sum.
@@ -87,7 +88,6 @@ pub fn normalize<B: Backend>(
 /// ReLU's mask). With `s = √(σ²_c + ε)`, `dy` masked by the ReLU and `M` values per channel:
 /// `dx = γ/s · (dy − Σdy/M − (x − μ) · Σ dy (x − μ_c) / (M s²))`, `dγ = Σ dy (x − μ_c)/s`,
 /// `dβ = Σ dy`.
-#[allow(clippy::too_many_arguments)]
 pub fn backward<B: Backend>(
     x: FloatTensor<B>,
     [gamma, mean, var, y, grad]: [FloatTensor<B>; 5],

@@ -6,7 +6,7 @@
 //! The trait's default bodies are burn's ops ([`composed`]: CubeCL runs them), flex has its own
 //! kernels, LibTorch ATen's (`libtorch.rs`: the kernels PyTorch's autograd runs).
 
-pub mod composed;
+mod composed;
 mod flex;
 pub mod kernel;
 #[cfg(feature = "tch")]
