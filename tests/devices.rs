@@ -187,40 +187,74 @@ fn tuning_without_tf32_has_its_own_cache() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// GPU memory is read through NVML: on a GPU without it (lavapipe, other vendors) `bench memory`
-/// says so, naming `--device` and NVML, and `bench speed` still runs.
+/// GPU memory is read through NVML or, on CubeCL devices without it (lavapipe, other vendors),
+/// through CubeCL's pool statistics: `bench memory` shows backprop's activations growing with
+/// depth and the adjoint's flat, or (LibTorch CUDA without NVML) says why it cannot read them,
+/// naming `--device`; `bench speed` runs either way.
 #[test]
-fn gpu_benches_run_with_or_without_nvml() {
+fn gpu_bench_memory_shows_the_adjoint_flat() {
     let gpus: Vec<&str> = GPU_DEVICES.into_iter().filter(|d| available(d)).collect();
     if gpus.is_empty() {
         eprintln!("skipping: no GPU device in this build and machine");
     }
     for gpu in gpus {
-        let bench = |kind| {
-            run(&[
+        let dir = std::env::temp_dir().join(format!("rode-gpu-memory-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("a temporary folder");
+        let json = dir.join(format!("{}.json", gpu.replace(':', "-")));
+        let bench = |kind, json: Option<&str>| {
+            let mut args = vec![
                 "bench",
                 kind,
                 "--workloads",
                 "mlp",
                 "--depths",
-                "2",
+                "8,32",
                 "--modes",
-                "backprop",
+                "backprop,adjoint",
                 "--schemes",
                 "euler",
                 "--reps",
                 "1",
                 "--device",
                 gpu,
-            ])
+            ];
+            args.extend(json.map(|j| ["--json", j]).into_iter().flatten());
+            run(&args)
         };
-        let (ok, err) = bench("speed");
+        let (ok, err) = bench("speed", None);
         assert!(ok, "{gpu}: bench speed: {err}");
-        let (ok, err) = bench("memory");
-        assert!(
-            ok || (err.contains("NVML") && err.contains("--device")),
-            "{gpu}: bench memory: {err}"
+        let (ok, err) = bench("memory", json.to_str());
+        if !ok {
+            assert!(
+                err.contains("NVML") && err.contains("--device"),
+                "{gpu}: {err}"
+            );
+            continue;
+        }
+        let text = std::fs::read_to_string(&json).expect("bench memory wrote its JSON");
+        let records: Vec<serde_json::Value> = serde_json::from_str(&text).expect("a JSON array");
+        let peak = |mode: &str, depth: u64| {
+            records
+                .iter()
+                .find(|r| r["mode"] == mode && r["depth"] == depth)
+                .and_then(|r| r["activation_peak_bytes"].as_f64())
+                .unwrap_or_else(|| panic!("{gpu}: no {mode} record at depth {depth}: {text}"))
+        };
+        let (b8, b32, a8, a32) = (
+            peak("backprop", 8),
+            peak("backprop", 32),
+            peak("adjoint", 8),
+            peak("adjoint", 32),
         );
+        assert!(
+            b32 > 2.0 * b8 && b8 > 0.0,
+            "{gpu}: backprop {b8} -> {b32} bytes"
+        );
+        assert!(
+            a32 <= 1.1 * a8 && a8 > 0.0,
+            "{gpu}: adjoint {a8} -> {a32} bytes"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
 

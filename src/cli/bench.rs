@@ -335,8 +335,8 @@ fn memory_note(device: &str, needed: bool) -> anyhow::Result<()> {
     if let resnet_ode::memory::Meter::Unread(why) = &meter {
         if needed {
             anyhow::bail!(
-                "invalid --device {device}: {why}; `bench memory` reads GPU memory through NVML, \
-                 on NVIDIA GPUs only"
+                "invalid --device {device}: {why}; `bench memory` reads GPU memory through NVML \
+                 (NVIDIA) or CubeCL's memory pools, and this device has neither"
             );
         }
         eprintln!("note: memory columns read 0: {why}");
