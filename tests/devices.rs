@@ -197,9 +197,9 @@ fn gpu_bench_memory_shows_the_adjoint_flat() {
     if gpus.is_empty() {
         eprintln!("skipping: no GPU device in this build and machine");
     }
+    let dir = std::env::temp_dir().join(format!("rode-gpu-memory-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a temporary folder");
     for gpu in gpus {
-        let dir = std::env::temp_dir().join(format!("rode-gpu-memory-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("a temporary folder");
         let json = dir.join(format!("{}.json", gpu.replace(':', "-")));
         let bench = |kind, json: Option<&str>| {
             let mut args = vec![
@@ -254,8 +254,8 @@ fn gpu_bench_memory_shows_the_adjoint_flat() {
             a32 <= 1.1 * a8 && a8 > 0.0,
             "{gpu}: adjoint {a8} -> {a32} bytes"
         );
-        let _ = std::fs::remove_dir_all(&dir);
     }
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Whether a GPU figure `g` agrees with flex's `r`.

@@ -221,21 +221,29 @@ fn batch_norm_kernels_match_burns_composition_on_libtorch() {
 #[cfg(any(feature = "cuda", feature = "vulkan", feature = "wgpu"))]
 #[test]
 fn batch_norm_composition_matches_burns_on_cubecl() {
-    use resnet_ode::device::DeviceSpec;
-    let mut ran = false;
-    for spec in ["cuda:0", "vulkan", "wgpu"] {
-        let spec: DeviceSpec = spec.parse().expect("a known device name");
-        let Ok(device) = spec.device() else { continue };
+    for (spec, device) in cubecl_devices() {
         let precisions: &[Precision] = match spec.check_precision(Precision::F64) {
             Ok(()) => &[Precision::F32, Precision::F64],
             Err(_) => &[Precision::F32],
         };
         batch_norm_against_composition(&|p| Placement::new(device.clone(), p), precisions);
-        ran = true;
     }
-    if !ran {
+}
+
+/// The CubeCL devices this build and machine run (none in CI: a test over them skips, saying so).
+#[cfg(any(feature = "cuda", feature = "vulkan", feature = "wgpu"))]
+fn cubecl_devices() -> Vec<(resnet_ode::device::DeviceSpec, burn::tensor::Device)> {
+    let found: Vec<_> = ["cuda:0", "vulkan", "wgpu"]
+        .into_iter()
+        .map(|name| name.parse().expect("a known device name"))
+        .filter_map(|spec: resnet_ode::device::DeviceSpec| {
+            Some((spec.clone(), spec.device().ok()?))
+        })
+        .collect();
+    if found.is_empty() {
         eprintln!("skipping: no CubeCL device in this build and machine");
     }
+    found
 }
 
 fn batch_norm_against_composition(
@@ -403,16 +411,8 @@ fn scaled_dot_matches_the_composition_on_libtorch() {
 #[cfg(any(feature = "cuda", feature = "vulkan", feature = "wgpu"))]
 #[test]
 fn scaled_dot_matches_the_composition_on_cubecl() {
-    use resnet_ode::device::DeviceSpec;
-    let mut ran = false;
-    for spec in ["cuda:0", "vulkan", "wgpu"] {
-        let spec: DeviceSpec = spec.parse().expect("a known device name");
-        let Ok(device) = spec.device() else { continue };
+    for (_, device) in cubecl_devices() {
         scaled_dot_against_composition(&Placement::new(device, Precision::F32), 1e-6);
-        ran = true;
-    }
-    if !ran {
-        eprintln!("skipping: no CubeCL device in this build and machine");
     }
 }
 

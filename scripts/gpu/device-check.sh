@@ -143,7 +143,7 @@ for mode in backprop adjoint; do
   python3 scripts/gpu/kernel-times.py "$WORK/cubecl-$mode.log" | tee "$WORK/kernel-times-$mode.txt"
 done
 # A TinyResNet step (convolutions, batch norm, ReLU): kernel launches per step on lavapipe were
-# 1354 (backprop) and 1721 (adjoint) at N = 16 in session 14, after batch norm's composition.
+# 1354 (backprop) and 1721 (adjoint) at N = 16, batch 8, in session 14 (batch norm's composition).
 CUBECL_DEBUG_LOG="$WORK/cubecl-tiny.log" run 60 profile-cuda-tiny "$BIN" bench train --device cuda:0 \
   --models tiny --tiny-depths 16 --modes backprop,adjoint --steps 3 --in-process
 python3 scripts/gpu/kernel-times.py "$WORK/cubecl-tiny.log" | tee "$WORK/kernel-times-tiny.txt"

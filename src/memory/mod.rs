@@ -14,8 +14,7 @@ use crate::device::DeviceSpec;
 use crate::Result;
 use burn::tensor::Device;
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 static LIVE: AtomicUsize = AtomicUsize::new(0);
 static PEAK: AtomicUsize = AtomicUsize::new(0);
@@ -174,51 +173,6 @@ fn pool_reserved(device: &Device) -> u64 {
     device.memory_pool_usage().map_or(0, |u| u.bytes_reserved)
 }
 
-/// Reads a counter on a second thread until finished, keeping the largest reading.
-pub struct Sampler {
-    stop: Arc<AtomicBool>,
-    peak: Arc<AtomicU64>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Sampler {
-    /// Starts sampling `read` every 50 µs.
-    pub fn start(read: impl Fn() -> u64 + Send + 'static) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let peak = Arc::new(AtomicU64::new(read()));
-        let thread = {
-            let (stop, peak) = (stop.clone(), peak.clone());
-            std::thread::spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    peak.fetch_max(read(), Ordering::Relaxed);
-                    std::thread::sleep(std::time::Duration::from_micros(50));
-                }
-                peak.fetch_max(read(), Ordering::Relaxed);
-            })
-        };
-        Self {
-            stop,
-            peak,
-            thread: Some(thread),
-        }
-    }
-
-    /// Stops sampling and returns the largest reading.
-    pub fn finish(mut self) -> u64 {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-        self.peak.load(Ordering::Relaxed)
-    }
-}
-
-impl Drop for Sampler {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
-}
-
 impl Meter {
     /// The meter for the device named `device` (`--device`): NVML for the GPU devices, where
     /// the driver has it, else the device's pool statistics where the backend keeps them.
@@ -257,9 +211,8 @@ impl Meter {
         match self {
             Meter::Host => measure_transient(step),
             Meter::Gpu(nvml) => {
-                let nvml = *nvml;
                 let before = nvml.used();
-                let sampler = Sampler::start(move || nvml.used());
+                let sampler = nvml::Sampler::start(*nvml);
                 let out = step();
                 let peak = sampler.finish().saturating_sub(before) as usize;
                 let held = held(&out);

@@ -4,7 +4,7 @@
 //! memory owned by the backend's caching allocator (CubeCL's pools, LibTorch's c10 allocator).
 //! Neither backend offers a resettable byte peak through burn, but both keep the memory they
 //! reserve for reuse instead of returning it to the driver during a step, so the driver's
-//! `used` figure only grows while a step runs, up to the step's peak. [`super::Sampler`] reads it
+//! `used` figure only grows while a step runs, up to the step's peak. [`Sampler`] reads it
 //! continuously on a second thread while the step runs (to be safe against a pool that does
 //! give memory back mid-step) and reports the largest reading above the one taken just before.
 //!
@@ -12,6 +12,8 @@
 //! the binary has no link-time dependency on it and CPU machines never load it.
 
 use std::ffi::{c_char, c_int, c_uint, c_void, CStr};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 
 #[repr(C)]
 #[derive(Default)]
@@ -94,5 +96,50 @@ impl Nvml {
         } else {
             0
         }
+    }
+}
+
+/// Reads [`Nvml::used`] on a second thread until dropped, keeping the largest reading.
+pub struct Sampler {
+    stop: Arc<AtomicBool>,
+    peak: Arc<AtomicU64>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Sampler {
+    /// Starts sampling.
+    pub fn start(nvml: Nvml) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let peak = Arc::new(AtomicU64::new(nvml.used()));
+        let thread = {
+            let (stop, peak) = (stop.clone(), peak.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    peak.fetch_max(nvml.used(), Ordering::Relaxed);
+                    std::thread::sleep(std::time::Duration::from_micros(50));
+                }
+                peak.fetch_max(nvml.used(), Ordering::Relaxed);
+            })
+        };
+        Self {
+            stop,
+            peak,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops sampling and returns the largest reading (bytes).
+    pub fn finish(mut self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        self.peak.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Sampler {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
     }
 }
