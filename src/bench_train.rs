@@ -15,7 +15,7 @@
 //! `resnet-ode` binary and on devices whose memory is not host heap).
 
 use crate::data::Batch;
-use crate::device::Placement;
+use crate::device::{DeviceSpec, Placement};
 use crate::grad::GradMode;
 use crate::memory;
 use crate::models::{Arch, InputShape, Model, ModelSpec};
@@ -23,9 +23,11 @@ use crate::norm::BnMode;
 use crate::params::parameter_bytes;
 use crate::rng::Rng;
 use crate::scheme::Scheme;
+use crate::trace::{self, Trace};
 use crate::train::{step_gradients, DeviceBatch, Optimizer, OptimizerConfig};
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Instant;
 
@@ -109,6 +111,8 @@ pub struct TrainBench {
     pub seed: u64,
     /// The `--device` string, copied into the record.
     pub device: String,
+    /// Write a profiler trace of one more step, after the timed ones, into this folder.
+    pub trace: Option<PathBuf>,
 }
 
 impl TrainBench {
@@ -126,6 +130,15 @@ impl TrainBench {
                 ..ModelSpec::default()
             },
         }
+    }
+
+    /// The trace's file name: model, depth, scheme and mode, e.g. `tiny16-euler-adjoint`.
+    pub fn name(&self) -> String {
+        let model = match self.model {
+            BenchModel::Tiny => format!("tiny{}", self.depth),
+            BenchModel::CifarResNet(_) => self.model.to_string(),
+        };
+        format!("{model}-{}-{}", self.scheme, self.mode).replace(':', "")
     }
 
     /// The record's `depth`: N for TinyResNet, the layer count for a CIFAR ResNet.
@@ -156,6 +169,9 @@ impl TrainBench {
                 ),
             ));
         }
+        if self.trace.is_some() {
+            trace::check(&self.device.parse()?)?;
+        }
         self.spec().check(self.mode)
     }
 }
@@ -181,6 +197,13 @@ pub fn measure(p: &Placement, cfg: &TrainBench) -> Result<TrainBenchRecord> {
         if (k == 0) == meter.reads_first_step() {
             peak = peak.max(bytes);
         }
+    }
+    if let Some(dir) = &cfg.trace {
+        // One more step, untimed: the profiler's own overhead stays out of `step_ms`.
+        let spec: DeviceSpec = cfg.device.parse()?;
+        let trace = Trace::start(&spec, trace::path_in(dir, &cfg.name()))?;
+        step(model, &batch, cfg, &mut optimizer, p, &meter, cfg.steps + 1)?;
+        trace.finish()?;
     }
     let step_ms = median(&mut times);
     Ok(TrainBenchRecord {

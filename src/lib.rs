@@ -33,4 +33,5 @@ pub mod params;
 pub mod residual;
 pub mod scheme;
 pub mod stack;
+pub mod trace;
 pub mod train;

@@ -337,7 +337,7 @@ fn parent_dir(path: &Path) -> PathBuf {
 }
 
 /// A temp name unique within this process (counter) and across processes (pid).
-fn temp_path(path: &Path) -> Result<PathBuf> {
+pub(crate) fn temp_path(path: &Path) -> Result<PathBuf> {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let name = path
         .file_name()

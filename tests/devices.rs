@@ -258,6 +258,61 @@ fn gpu_bench_memory_shows_the_adjoint_flat() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// `bench train --trace` on LibTorch devices writes PyTorch's profiler trace of one step: a
+/// Chrome trace whose ATen operations include the convolution backward our shim calls (and, on
+/// CUDA, the kernels). Skips where this build has no LibTorch.
+#[test]
+fn libtorch_steps_trace_their_aten_operations() {
+    for device in ["libtorch", "libtorch-cuda:0"] {
+        if !available(device) {
+            eprintln!("skipping {device}: not in this build and machine");
+            continue;
+        }
+        let dir = std::env::temp_dir().join(format!("rode-trace-{}", std::process::id()));
+        let args = [
+            "bench",
+            "train",
+            "--models",
+            "tiny",
+            "--tiny-depths",
+            "2",
+            "--modes",
+            "adjoint",
+            "--batch",
+            "2",
+            "--steps",
+            "1",
+            "--device",
+            device,
+            "--trace",
+        ];
+        let (ok, err) = run(&[&args[..], &[dir.to_str().expect("a UTF-8 temp path")]].concat());
+        assert!(ok, "{device}: {err}");
+        let file = dir.join("tiny2-euler-adjoint.json");
+        let text = std::fs::read_to_string(&file).expect("bench train wrote the trace");
+        let _ = std::fs::remove_dir_all(&dir);
+        let trace: serde_json::Value = serde_json::from_str(&text).expect("a JSON trace");
+        let events = trace["traceEvents"].as_array().expect("traceEvents");
+        let named = |cat: &str, name: &str| {
+            events
+                .iter()
+                .filter(|e| e["cat"] == cat && e["name"].as_str().is_some_and(|n| n.contains(name)))
+                .count()
+        };
+        assert!(
+            named("cpu_op", "aten::convolution_backward") > 0,
+            "{device}"
+        );
+        assert!(
+            named("cpu_op", "aten::native_batch_norm_backward") > 0,
+            "{device}"
+        );
+        if device.starts_with("libtorch-cuda") {
+            assert!(named("kernel", "") > 0, "{device}: no CUDA kernel traced");
+        }
+    }
+}
+
 /// Whether a GPU figure `g` agrees with flex's `r`.
 type Agrees = fn(f64, f64) -> bool;
 

@@ -7,7 +7,7 @@ use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::Tensor;
 use resnet_ode::device::{to_vec, Placement, Precision};
-use resnet_ode::ops::{batch_norm, conv3x3, sgd_step, SgdRule};
+use resnet_ode::ops::{batch_norm, conv3x3, sgd_steps, SgdRule};
 use resnet_ode::residual::conv1x1;
 use resnet_ode::rng::Rng;
 
@@ -474,12 +474,14 @@ fn sgd_reference(w: f64, g: f64, b: Option<f64>, rule: SgdRule) -> (f64, f64) {
     (w - rule.lr * s, b)
 }
 
-/// `ops::sgd_step`, two steps in a row (a zero buffer at first, as the optimizer passes), against
-/// [`sgd_reference`] for plain, decayed and Nesterov rules, on a 37-value parameter.
+/// `ops::sgd_steps`, two steps in a row (zero buffers at first, as the optimizer passes), against
+/// [`sgd_reference`] for plain, decayed and Nesterov rules, on three parameters of 37, 5 and 1
+/// values updated together (on flex one by one; elsewhere as one concatenation, split back).
 fn sgd_step_against_reference(p: &Placement, tol: f64) {
     let mut rng = Rng::new(11);
-    let n = 37;
-    let (w0, g1, g2) = (rng.normals(n), rng.normals(n), rng.normals(n));
+    let sizes = [37, 5, 1];
+    let draw = |rng: &mut Rng| sizes.map(|n| rng.normals(n));
+    let (w0, g1, g2) = (draw(&mut rng), draw(&mut rng), draw(&mut rng));
     for (weight_decay, momentum, nesterov) in
         [(0.0, 0.9, false), (5e-4, 0.9, false), (0.1, 0.5, true)]
     {
@@ -489,20 +491,27 @@ fn sgd_step_against_reference(p: &Placement, tol: f64) {
             momentum,
             nesterov,
         };
-        let t = |v: &[f64]| p.tensor(v.to_vec(), [n]).without_autodiff();
-        let (w1, b1) = sgd_step(t(&w0), t(&g1), t(&vec![0.0; n]), rule);
-        let (w2, b2) = sgd_step(w1.clone(), t(&g2), b1.clone(), rule);
-        let mut reference = [vec![], vec![], vec![], vec![]];
-        for i in 0..n {
-            let (w, b) = sgd_reference(w0[i], g1[i], None, rule);
-            let (ww, bb) = sgd_reference(w, g2[i], Some(b), rule);
-            for (r, v) in reference.iter_mut().zip([w, b, ww, bb]) {
-                r.push(v);
+        let t = |v: &[Vec<f64>]| {
+            v.iter()
+                .map(|v| p.tensor(v.clone(), [v.len()]).without_autodiff())
+                .collect::<Vec<_>>()
+        };
+        let zeros = sizes.map(|n| vec![0.0; n]);
+        let (w1, b1) = sgd_steps(t(&w0), t(&g1), t(&zeros), rule);
+        let (w2, b2) = sgd_steps(w1.clone(), t(&g2), b1.clone(), rule);
+        for (k, &n) in sizes.iter().enumerate() {
+            let mut reference = [vec![], vec![], vec![], vec![]];
+            for i in 0..n {
+                let (w, b) = sgd_reference(w0[k][i], g1[k][i], None, rule);
+                let (ww, bb) = sgd_reference(w, g2[k][i], Some(b), rule);
+                for (r, v) in reference.iter_mut().zip([w, b, ww, bb]) {
+                    r.push(v);
+                }
             }
+            let ours = [&w1[k], &b1[k], &w2[k], &b2[k]].map(to_vec);
+            let context = format!("{:?} {rule:?} parameter {k}", p.device);
+            assert_close(&context, &["w1", "b1", "w2", "b2"], &ours, &reference, tol);
         }
-        let ours = [w1, b1, w2, b2].map(|t| to_vec(&t));
-        let context = format!("{:?} {rule:?}", p.device);
-        assert_close(&context, &["w1", "b1", "w2", "b2"], &ours, &reference, tol);
     }
 }
 

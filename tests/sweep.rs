@@ -223,6 +223,7 @@ fn bench(model: BenchModel, depth: usize, mode: GradMode) -> TrainBench {
         steps: 2,
         seed: 0,
         device: "flex".into(),
+        trace: None,
     }
 }
 
@@ -272,6 +273,13 @@ fn bench_train_rejects_bad_settings() {
         .unwrap_err()
         .to_string()
         .contains("--tiny-depths"));
+    // PyTorch's profiler sees only LibTorch devices: flex is refused before any step runs.
+    let traced = TrainBench {
+        trace: Some("traces".into()),
+        ..bench(BenchModel::Tiny, 4, GradMode::Backprop)
+    };
+    let e = traced.check().unwrap_err().to_string();
+    assert!(e.contains("--trace") && e.contains("libtorch"), "{e}");
 }
 
 /// The binary (with its counting allocator) writes records with exactly the fields

@@ -101,6 +101,8 @@ def run_one(cfg: dict) -> dict:
         grad_bytes = sum(p.grad.numel() * p.grad.element_size() for p in model.parameters() if p.grad is not None)
         act_peak = torch.cuda.max_memory_allocated(device) - base - grad_bytes
     peak_rss = max(max_rss_bytes() - rss_before, 0)
+    if cfg.get("trace"):
+        trace_step(step, device, cfg)
     med = statistics.median(times)
     return {
         "impl": "pytorch",
@@ -122,6 +124,24 @@ def run_one(cfg: dict) -> dict:
         "torch": torch.__version__,
         "host": platform.node(),
     }
+
+
+def trace_step(step, device: torch.device, cfg: dict) -> None:
+    """One more step, untimed, under torch.profiler (Kineto), saved as a Chrome trace named as
+    `resnet-ode bench train --trace` names its own (TRACE/tiny16-euler-adjoint.json), so that
+    scripts/trace-summary.py reads both with the same instrument."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    name = f"tiny{cfg['depth']}" if cfg["model"] == "tiny" else f"resnet{cfg['depth']}"
+    path = os.path.join(cfg["trace"], f"{name}-{cfg['scheme']}-{cfg['mode']}.json")
+    os.makedirs(cfg["trace"], exist_ok=True)
+    with profile(activities=activities) as prof:
+        step()
+        sync(device)
+    tmp = path + ".tmp"
+    prof.export_chrome_trace(tmp)
+    os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -247,7 +267,7 @@ def configs(args) -> list:
                 out.append(dict(model=model, depth=depth, scheme=scheme, mode=mode,
                                 batch=args.batch, steps=args.steps, warmup=args.warmup,
                                 device=args.device, threads=args.threads, seed=args.seed,
-                                planes=args.planes, shortcut=args.shortcut))
+                                planes=args.planes, shortcut=args.shortcut, trace=args.trace))
     return out
 
 
@@ -270,6 +290,9 @@ def main() -> int:
                     help="CIFAR ResNet downsampling shortcut: A = subsample + zero-pad (as the Rust "
                          "model), B = 1x1 conv + BN")
     ap.add_argument("--json", default=None, help="write the records (a JSON list) to FILE")
+    ap.add_argument("--trace", default=None, metavar="DIR",
+                    help="after the timed steps, profile one more (torch.profiler) into "
+                         "DIR/MODEL-SCHEME-MODE.json, as `resnet-ode bench train --trace`")
     ap.add_argument("--no-isolate", action="store_true",
                     help="run all configurations in this process (max RSS is then cumulative)")
     ap.add_argument("--check", action="store_true", help="adjoint-vs-backprop gradient self-check, then exit")

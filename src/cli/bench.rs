@@ -171,7 +171,11 @@ fn train_child_args(a: &TrainBenchArgs, cfg: &TrainBench) -> Vec<String> {
         ("--steps", cfg.steps.to_string()),
         ("--seed", cfg.seed.to_string()),
     ];
-    child_args("train", flags, &a.device)
+    let trace = cfg
+        .trace
+        .iter()
+        .map(|d| ("--trace", d.display().to_string()));
+    child_args("train", flags.into_iter().chain(trace), &a.device)
 }
 
 /// `bench KIND`, then each flag and its value, then the device flags.
@@ -293,6 +297,12 @@ pub struct TrainBenchArgs {
     /// Measure every configuration in this process instead of a fresh child process each.
     #[arg(long)]
     in_process: bool,
+    /// LibTorch devices: after the timed steps, run one more under PyTorch's profiler and write
+    /// its Chrome trace (every ATen operation; on libtorch-cuda every CUDA kernel) to
+    /// DIR/MODEL-SCHEME-MODE.json, e.g. tiny16-euler-adjoint.json. Summarise with
+    /// scripts/trace-summary.py, beside bench/pytorch/bench_train.py --trace.
+    #[arg(long, value_name = "DIR")]
+    trace: Option<PathBuf>,
     #[command(flatten)]
     device: DeviceArgs,
 }
@@ -320,6 +330,7 @@ fn train_configs(a: &TrainBenchArgs) -> anyhow::Result<Vec<TrainBench>> {
                         steps: a.steps,
                         seed: a.seed,
                         device: a.device.device.clone(),
+                        trace: a.trace.clone(),
                     });
                 }
             }

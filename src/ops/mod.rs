@@ -3,7 +3,7 @@
 //! Model code calls the functions here instead of burn's; nothing above them changes.
 
 #[cfg(feature = "tch")]
-mod aten;
+pub(crate) mod aten;
 // burn 0.22 marks its LibTorch backend deprecated; it is PyTorch's own kernels, and the
 // LibTorch fast paths below are what match PyTorch's speed there.
 #[cfg_attr(feature = "tch", allow(deprecated))]
@@ -22,4 +22,4 @@ pub mod simd;
 pub use conv3x3::conv3x3;
 pub use dot::scaled_dot;
 pub use relu::relu;
-pub use sgd::{sgd_step, SgdRule};
+pub use sgd::{sgd_step, sgd_steps, SgdRule};

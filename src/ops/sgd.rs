@@ -7,12 +7,19 @@
 //! the arithmetic: skipping the update altogether saved 3 % of a LibTorch backprop step. Flex
 //! runs one loop; LibTorch three ATen calls through the shim (`ops/aten`), `add` with `alpha`.
 //! A first step passes a zero buffer: `μ·0 + d` is `d` exactly, PyTorch's `buf = d.clone()`.
+//!
+//! [`sgd_steps`] updates all the parameters of a step at once: off flex it concatenates them
+//! and runs one update, so a GPU launches a handful of kernels per step instead of three to six
+//! per parameter (400 on LibTorch for a TinyResNet N = 16), as PyTorch's `foreach` SGD does on
+//! CUDA. Each value's arithmetic is the same, so are the results, to the bit.
 
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::Autodiff;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{backend_extension, Backend, Dispatch};
 use burn::tensor::Tensor;
+
+use crate::device::is_flex;
 
 /// The hyper-parameters of one update (the rate already scaled for the parameter's group).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -163,4 +170,31 @@ pub fn sgd_step(w: Tensor<1>, g: Tensor<1>, b: Tensor<1>, rule: SgdRule) -> (Ten
         rule,
     );
     (Tensor::from_dispatch(w), Tensor::from_dispatch(b))
+}
+
+/// `(w′ᵢ, b′ᵢ)`: [`sgd_step`] of each parameter (flattened, no graph, all on one device) under
+/// one rule. On flex a loop (its kernel is one pass per parameter already); elsewhere one
+/// update of the concatenation, split back into views.
+pub fn sgd_steps(
+    ws: Vec<Tensor<1>>,
+    gs: Vec<Tensor<1>>,
+    bs: Vec<Tensor<1>>,
+    rule: SgdRule,
+) -> (Vec<Tensor<1>>, Vec<Tensor<1>>) {
+    let one_by_one = ws.len() < 2 || ws.first().is_some_and(|w| is_flex(&w.device()));
+    if one_by_one {
+        let triples = ws.into_iter().zip(gs).zip(bs);
+        return triples.map(|((w, g), b)| sgd_step(w, g, b, rule)).unzip();
+    }
+    let sizes: Vec<usize> = ws.iter().map(|w| w.dims()[0]).collect();
+    let (w, b) = sgd_step(
+        Tensor::cat(ws, 0),
+        Tensor::cat(gs, 0),
+        Tensor::cat(bs, 0),
+        rule,
+    );
+    (
+        w.split_with_sizes(sizes.clone(), 0),
+        b.split_with_sizes(sizes, 0),
+    )
 }

@@ -13,7 +13,7 @@ use crate::io::{load_weights, save_weights};
 use crate::ops::{self, SgdRule};
 use crate::params::named;
 use crate::{Error, Result};
-use burn::module::{Module, ModuleMapper, Param, ParamId};
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::optim::GradientsParams;
 use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
@@ -149,50 +149,77 @@ impl Optimizer {
         lr: f64,
         scales: &HashMap<ParamId, f64>,
     ) -> M {
-        let model = model.map(&mut Update {
-            opt: self,
+        let mut gather = Gather {
             grads: &mut grads,
             lr,
             scales,
             index: 0,
-        });
+            items: Vec::new(),
+        };
+        model.visit(&mut gather);
+        let items = gather.items;
+        if let Some(last) = items.last() {
+            for v in [&mut self.first, &mut self.second] {
+                if v.len() <= last.index {
+                    v.resize(last.index + 1, None);
+                }
+            }
+        }
+        let updated = match self.config.kind {
+            OptimizerKind::Sgd => self.sgd(items),
+            OptimizerKind::AdamW => items
+                .into_iter()
+                .map(|it| (it.index, self.adamw(it.index, it.w, it.g, it.lr)))
+                .collect(),
+        };
+        let model = model.map(&mut Replace { updated, index: 0 });
         self.steps += 1;
         model
     }
 
-    /// New value of parameter `i` (flattened) from its gradient.
-    fn update(&mut self, i: usize, w: Tensor<1>, g: Tensor<1>, lr: f64) -> Tensor<1> {
-        for v in [&mut self.first, &mut self.second] {
-            if v.len() <= i {
-                v.resize(i + 1, None);
+    /// PyTorch's SGD: `g += wd·w; b = μb + g (b = g at first); g = nesterov ? g + μb : b`,
+    /// one fused op per learning rate for all its parameters ([`ops::sgd_steps`]); without
+    /// momentum no buffer is kept.
+    fn sgd(&mut self, items: Vec<Item>) -> HashMap<usize, Tensor<1>> {
+        let c = self.config.clone();
+        // Parameter groups by rate, in first-seen order (bit patterns: rates are finite).
+        let mut groups: Vec<(f64, Vec<Item>)> = Vec::new();
+        for it in items {
+            match groups
+                .iter_mut()
+                .find(|(lr, _)| lr.to_bits() == it.lr.to_bits())
+            {
+                Some((_, group)) => group.push(it),
+                None => groups.push((it.lr, vec![it])),
             }
         }
-        match self.config.kind {
-            OptimizerKind::Sgd => self.sgd(i, w, g, lr),
-            OptimizerKind::AdamW => self.adamw(i, w, g, lr),
+        let mut updated = HashMap::new();
+        for (lr, group) in groups {
+            let rule = SgdRule {
+                lr,
+                weight_decay: c.weight_decay,
+                momentum: c.momentum,
+                nesterov: c.nesterov,
+            };
+            // μ·0 + d is d exactly: a zero buffer makes the first step PyTorch's `b = d`.
+            let bs = group
+                .iter()
+                .map(|it| match self.first[it.index].take() {
+                    Some(b) => b,
+                    None => Tensor::zeros(it.w.shape(), (&it.w.device(), it.w.dtype())),
+                })
+                .collect();
+            let index: Vec<usize> = group.iter().map(|it| it.index).collect();
+            let (ws, gs) = group.into_iter().map(|it| (it.w, it.g)).unzip();
+            let (ws, bs) = ops::sgd_steps(ws, gs, bs, rule);
+            for ((i, w), b) in index.into_iter().zip(ws).zip(bs) {
+                if c.momentum > 0.0 {
+                    self.first[i] = Some(b);
+                }
+                updated.insert(i, w);
+            }
         }
-    }
-
-    /// PyTorch's SGD: `g += wd·w; b = μb + g (b = g at first); g = nesterov ? g + μb : b`,
-    /// one fused op ([`ops::sgd_step`]); without momentum no buffer is kept.
-    fn sgd(&mut self, i: usize, w: Tensor<1>, g: Tensor<1>, lr: f64) -> Tensor<1> {
-        let c = &self.config;
-        let rule = SgdRule {
-            lr,
-            weight_decay: c.weight_decay,
-            momentum: c.momentum,
-            nesterov: c.nesterov,
-        };
-        // μ·0 + d is d exactly: a zero buffer makes the first step PyTorch's `b = d`.
-        let b = match self.first[i].take() {
-            Some(b) => b,
-            None => Tensor::zeros(w.shape(), (&w.device(), w.dtype())),
-        };
-        let (w, b) = ops::sgd_step(w, g, b, rule);
-        if c.momentum > 0.0 {
-            self.first[i] = Some(b);
-        }
-        w
+        updated
     }
 
     /// PyTorch's AdamW (decoupled weight decay, bias-corrected moments).
@@ -300,33 +327,63 @@ fn unmask(mask: &[bool], loaded: Vec<Param<Tensor<1>>>) -> Vec<Option<Tensor<1>>
         .collect()
 }
 
-/// Replaces every trainable parameter that has a gradient by its updated value.
-struct Update<'a> {
-    opt: &'a mut Optimizer,
+/// One trainable parameter with a gradient: its position among the trainable parameters, its
+/// value and gradient flattened and graph-free, and its learning rate.
+struct Item {
+    index: usize,
+    w: Tensor<1>,
+    g: Tensor<1>,
+    lr: f64,
+}
+
+/// Collects the [`Item`] of every trainable parameter that has a gradient in `grads`.
+struct Gather<'a> {
     grads: &'a mut GradientsParams,
     lr: f64,
     scales: &'a HashMap<ParamId, f64>,
     index: usize,
+    items: Vec<Item>,
 }
 
-impl ModuleMapper for Update<'_> {
+impl ModuleVisitor for Gather<'_> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        if !param.is_require_grad() {
+            return;
+        }
+        let index = self.index;
+        self.index += 1;
+        let Some(g) = self.grads.remove::<D>(param.id) else {
+            return;
+        };
+        let w = param.val().detach().without_autodiff();
+        let n = w.shape().num_elements();
+        self.items.push(Item {
+            index,
+            w: w.reshape([n]),
+            g: g.detach().without_autodiff().reshape([n]),
+            lr: self.lr * self.scales.get(&param.id).copied().unwrap_or(1.0),
+        });
+    }
+}
+
+/// Replaces each trainable parameter [`Gather`] collected by its updated value (counted in the
+/// same traversal order).
+struct Replace {
+    updated: HashMap<usize, Tensor<1>>,
+    index: usize,
+}
+
+impl ModuleMapper for Replace {
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
         if !param.is_require_grad() {
             return param;
         }
         let i = self.index;
         self.index += 1;
-        let Some(g) = self.grads.remove::<D>(param.id) else {
+        let Some(new) = self.updated.remove(&i) else {
             return param;
         };
-        let id = param.id;
-        let w = param.val().detach().without_autodiff();
-        let dims = w.dims();
-        let n = w.shape().num_elements();
-        let g = g.detach().without_autodiff().reshape([n]);
-        let lr = self.lr * self.scales.get(&id).copied().unwrap_or(1.0);
-        let new = self.opt.update(i, w.reshape([n]), g, lr);
-        let value = new.reshape(dims).autodiff().require_grad();
-        Param::initialized(id, value)
+        let dims = param.val().dims();
+        Param::initialized(param.id, new.reshape(dims).autodiff().require_grad())
     }
 }

@@ -60,6 +60,10 @@ extern "C" {
         err: *mut c_char,
         len: usize,
     ) -> c_int;
+
+    fn rode_profile_start(cuda: c_int, err: *mut c_char, len: usize) -> c_int;
+
+    fn rode_profile_stop(path: *const c_char, err: *mut c_char, len: usize) -> c_int;
 }
 
 /// Both results of a shim call that fills two handles.
@@ -188,4 +192,31 @@ pub fn bn_running(
         )
     });
     pair(r, "the running-statistics update")
+}
+
+/// Runs a shim call that returns only success or ATen's message.
+fn status(f: impl FnOnce(*mut c_char, usize) -> c_int) -> Result<(), String> {
+    let mut err = [0 as c_char; 1024];
+    if f(err.as_mut_ptr(), err.len()) == 0 {
+        return Ok(());
+    }
+    // SAFETY: as in `call`.
+    Err(unsafe { CStr::from_ptr(err.as_ptr()) }
+        .to_string_lossy()
+        .into_owned())
+}
+
+/// Starts PyTorch's profiler (Kineto) on this thread: ATen operations, and CUDA kernels when
+/// `cuda` (see `shim.cpp`).
+pub fn profile_start(cuda: bool) -> Result<(), String> {
+    // SAFETY: the shim writes at most `len` bytes into `err`.
+    status(|err, len| unsafe { rode_profile_start(c_int::from(cuda), err, len) })
+}
+
+/// Stops the profiler and writes its Chrome trace to `path`.
+pub fn profile_stop(path: &std::path::Path) -> Result<(), String> {
+    let path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|_| format!("{}: a path with a NUL byte", path.display()))?;
+    // SAFETY: `path` is NUL-terminated and outlives the call; `err` as above.
+    status(|err, len| unsafe { rode_profile_stop(path.as_ptr(), err, len) })
 }

@@ -1,14 +1,16 @@
 // ATen functions that tch 0.22 does not bind, for `src/ops/aten/mod.rs`: the convolution's and
 // batch normalisation's own backward kernels (oneDNN or ATen's fused CPU/CUDA loops), the ones
-// PyTorch's autograd calls. Tensors cross as tch's handles (`at::Tensor*`); results are new
+// PyTorch's autograd calls, and PyTorch's profiler (`bench train --trace`). Tensors cross as tch's handles (`at::Tensor*`); results are new
 // handles that tch's `Tensor` owns and frees. An ATen error becomes a non-zero return and its
 // message in `err`.
 
 #include <ATen/ATen.h>
+#include <torch/csrc/autograd/profiler_kineto.h>
 
 #include <array>
 #include <cstring>
 #include <exception>
+#include <set>
 #include <vector>
 
 namespace {
@@ -110,6 +112,35 @@ int rode_bn_running(const at::Tensor *rm, const at::Tensor *rv, const at::Tensor
   try {
     put(at::add(*rm * (1 - momentum), *mean, momentum), &out[0]);
     put(at::add(*rv * (1 - momentum), *var, momentum * unbias), &out[1]);
+    return 0;
+  } catch (const std::exception &e) {
+    return fail(e, err, len);
+  }
+}
+
+// Starts PyTorch's own profiler (Kineto, what `torch.profiler` runs) on the calling thread:
+// every ATen operation and, with `cuda`, every CUDA kernel, copy and runtime call, so that a
+// step of ours and one of PyTorch's are traced by the same instrument.
+int rode_profile_start(int cuda, char *err, size_t len) {
+  try {
+    using torch::profiler::impl::ActivityType;
+    using torch::profiler::impl::ProfilerConfig;
+    using torch::profiler::impl::ProfilerState;
+    std::set<ActivityType> activities{ActivityType::CPU};
+    if (cuda) activities.insert(ActivityType::CUDA);
+    ProfilerConfig config(ProfilerState::KINETO);
+    torch::autograd::profiler::prepareProfiler(config, activities);
+    torch::autograd::profiler::enableProfiler(config, activities);
+    return 0;
+  } catch (const std::exception &e) {
+    return fail(e, err, len);
+  }
+}
+
+// Stops the profiler `rode_profile_start` started and writes its Chrome trace (JSON) to `path`.
+int rode_profile_stop(const char *path, char *err, size_t len) {
+  try {
+    torch::autograd::profiler::disableProfiler()->save(path);
     return 0;
   } catch (const std::exception &e) {
     return fail(e, err, len);

@@ -6,7 +6,7 @@ use super::kernel::{self, Real, Shape};
 use super::same;
 use crate::ops::flex_data::{tensor, values};
 use burn::backend::flex::FlexTensor;
-use burn::backend::ops::{FloatTensorOps, ModuleOps};
+use burn::backend::ops::ModuleOps;
 use burn::backend::{Flex, TensorMetadata};
 use burn::tensor::{DType, Element};
 
@@ -78,12 +78,17 @@ pub(super) fn x_backward(x: FlexTensor, weight: FlexTensor, grad: FlexTensor) ->
     }
 }
 
-fn params_grad<T: Conv>(x: &FlexTensor, weight: &FlexTensor, grad: &FlexTensor) -> FlexTensor {
+fn params_grad<T: Conv>(
+    x: &FlexTensor,
+    weight: &FlexTensor,
+    grad: &FlexTensor,
+) -> (FlexTensor, FlexTensor) {
     let s = shape(x, weight);
-    let (mut dw, db) = T::weight_grad(s, &values::<T>(x), &values(grad));
-    dw.extend(db);
-    let n = dw.len();
-    tensor(dw, vec![n])
+    let (dw, db) = T::weight_grad(s, &values::<T>(x), &values(grad));
+    (
+        tensor(dw, weight.shape().to_vec()),
+        tensor(db, vec![s.cout]),
+    )
 }
 
 pub(super) fn params_backward(
@@ -91,15 +96,13 @@ pub(super) fn params_backward(
     weight: FlexTensor,
     bias: FlexTensor,
     grad: FlexTensor,
-) -> FlexTensor {
+) -> (FlexTensor, FlexTensor) {
     match x.dtype() {
         DType::F32 => params_grad::<f32>(&x, &weight, &grad),
         DType::F64 => params_grad::<f64>(&x, &weight, &grad),
-        _ => {
-            let dw = Flex::conv2d_weight_backward(x.clone(), weight, grad.clone(), same());
-            let db = Flex::conv2d_bias_backward(x, bias, grad);
-            let n = dw.shape().num_elements();
-            Flex::float_cat(vec![Flex::float_reshape(dw, [n].into()), db], 0)
-        }
+        _ => (
+            Flex::conv2d_weight_backward(x.clone(), weight, grad.clone(), same()),
+            Flex::conv2d_bias_backward(x, bias, grad),
+        ),
     }
 }

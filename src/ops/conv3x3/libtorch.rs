@@ -16,21 +16,20 @@ pub(super) fn x_backward(x: TchTensor, weight: TchTensor, grad: TchTensor) -> Tc
     TchTensor::new(asked(dx))
 }
 
-/// `dW` flattened, then `db` (the trait's layout); `db` zeros unless `bias_grad` (a block
-/// without a bias skips the reduction of `grad` over the batch).
+/// `(dW, db)`; `bias` itself in place of `db` unless `bias_grad` (a block without a bias skips
+/// the reduction of `grad` over the batch).
 pub(super) fn params_backward(
     x: TchTensor,
     weight: TchTensor,
+    bias: TchTensor,
     grad: TchTensor,
     bias_grad: bool,
-) -> TchTensor {
+) -> (TchTensor, TchTensor) {
     let mask = if bias_grad { 6 } else { 2 };
     let [_, dw, db] = aten::conv3x3_backward(&x.tensor, &weight.tensor, &grad.tensor, mask);
-    let dw = asked(dw);
     let db = match bias_grad {
-        true => asked(db),
-        false => dw.new_zeros([dw.size()[0]], (dw.kind(), dw.device())),
+        true => TchTensor::new(asked(db)),
+        false => bias,
     };
-    let flat = [dw.reshape([-1]), db];
-    TchTensor::new(tch::Tensor::cat(&flat, 0))
+    (TchTensor::new(asked(dw)), db)
 }

@@ -20,7 +20,7 @@ use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::autodiff::{Autodiff, NodeId};
 use burn::backend::ops::ConvOptions;
 use burn::backend::tensor::FloatTensor;
-use burn::backend::{backend_extension, Backend, Dispatch, Slice, TensorMetadata};
+use burn::backend::{backend_extension, Backend, Dispatch};
 use burn::tensor::Tensor;
 
 /// Stride 1, padding 1, no dilation, one group.
@@ -54,26 +54,24 @@ pub trait Conv3x3Ops: Backend {
         Self::conv2d_x_backward(x, weight, grad, same())
     }
 
-    /// The gradients with respect to `weight` and `bias`, returned concatenated (`Cout·Cin·9`
-    /// weight values, then `Cout` bias values): an extension op returns whole tensors, and flex
-    /// computes both in one pass over the images. With `bias_grad` false (a block without a
-    /// bias: its zero bias is a constant) a backend may skip the bias's reduction over the
-    /// batch and return zeros in its place.
+    /// The gradients with respect to `weight` and `bias`, in one op because flex computes both
+    /// in one pass over the images. With `bias_grad` false (a block without a bias: its zero
+    /// bias is a constant) the bias's reduction over the batch is skipped and `bias` itself
+    /// stands in for its gradient, unread: no kernel (a zero tensor and a concatenation with
+    /// its slices cost LibTorch five ops per convolution, two of them kernels on a GPU).
     fn conv3x3_params_backward(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         bias: FloatTensor<Self>,
         grad: FloatTensor<Self>,
         bias_grad: bool,
-    ) -> FloatTensor<Self> {
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
         let dw = Self::conv2d_weight_backward(x.clone(), weight, grad.clone(), same());
-        let db = if bias_grad {
-            Self::conv2d_bias_backward(x, bias, grad)
-        } else {
-            Self::float_mul_scalar(bias, 0.0.into())
+        let db = match bias_grad {
+            true => Self::conv2d_bias_backward(x, bias, grad),
+            false => bias,
         };
-        let n = dw.shape().num_elements();
-        Self::float_cat(vec![Self::float_reshape(dw, [n].into()), db], 0)
+        (dw, db)
     }
 }
 
@@ -100,7 +98,7 @@ impl Conv3x3Ops for burn::backend::Flex {
         bias: FloatTensor<Self>,
         grad: FloatTensor<Self>,
         _bias_grad: bool,
-    ) -> FloatTensor<Self> {
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
         // One pass computes both: the bias sums cost nothing extra.
         flex::params_backward(x, weight, bias, grad)
     }
@@ -119,11 +117,11 @@ impl Conv3x3Ops for burn::backend::LibTorch {
     fn conv3x3_params_backward(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
-        _bias: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
         grad: FloatTensor<Self>,
         bias_grad: bool,
-    ) -> FloatTensor<Self> {
-        libtorch::params_backward(x, weight, grad, bias_grad)
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        libtorch::params_backward(x, weight, bias, grad, bias_grad)
     }
 }
 
@@ -150,15 +148,12 @@ impl<B: Backend + Conv3x3Ops> Backward<B, 3> for Conv3x3Backward {
         if node_weight.is_none() && node_bias.is_none() {
             return;
         }
-        let shape = weight.shape();
-        let (n, cout) = (shape.num_elements(), shape[0]);
-        let both = B::conv3x3_params_backward(x, weight, bias, grad, node_bias.is_some());
+        let (dw, db) = B::conv3x3_params_backward(x, weight, bias, grad, node_bias.is_some());
         if let Some(node) = node_weight {
-            let dw = B::float_slice(both.clone(), &[Slice::from(0..n)]);
-            grads.register::<B>(node.id, B::float_reshape(dw, shape));
+            grads.register::<B>(node.id, dw);
         }
         if let Some(node) = node_bias {
-            grads.register::<B>(node.id, B::float_slice(both, &[Slice::from(n..n + cout)]));
+            grads.register::<B>(node.id, db);
         }
     }
 }
@@ -215,14 +210,15 @@ impl<B: Backend + Conv3x3Ops, C: CheckpointStrategy> Conv3x3Ops for Autodiff<B, 
         bias: FloatTensor<Self>,
         grad: FloatTensor<Self>,
         bias_grad: bool,
-    ) -> FloatTensor<Self> {
-        FloatTensor::<Self>::new(B::conv3x3_params_backward(
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let (dw, db) = B::conv3x3_params_backward(
             x.into_primitive(),
             weight.into_primitive(),
             bias.into_primitive(),
             grad.into_primitive(),
             bias_grad,
-        ))
+        );
+        (FloatTensor::<Self>::new(dw), FloatTensor::<Self>::new(db))
     }
 }
 
