@@ -76,6 +76,23 @@ pub fn is_flex(device: &Device) -> bool {
     )
 }
 
+/// Whether `device` is LibTorch's, CPU or CUDA (with or without autodiff).
+pub fn is_libtorch(device: &Device) -> bool {
+    #[cfg(feature = "tch")]
+    {
+        use burn::backend::DispatchDevice;
+        matches!(
+            device.clone().inner().as_dispatch(),
+            DispatchDevice::LibTorch(_)
+        )
+    }
+    #[cfg(not(feature = "tch"))]
+    {
+        let _ = device;
+        false
+    }
+}
+
 /// Which compute device, as named on the command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DeviceSpec {

@@ -476,7 +476,7 @@ fn sgd_reference(w: f64, g: f64, b: Option<f64>, rule: SgdRule) -> (f64, f64) {
 
 /// `ops::sgd_steps`, two steps in a row (zero buffers at first, as the optimizer passes), against
 /// [`sgd_reference`] for plain, decayed and Nesterov rules, on three parameters of 37, 5 and 1
-/// values updated together (on flex one by one; elsewhere as one concatenation, split back).
+/// values updated together (on LibTorch as one concatenation, split back; elsewhere one by one).
 fn sgd_step_against_reference(p: &Placement, tol: f64) {
     let mut rng = Rng::new(11);
     let sizes = [37, 5, 1];

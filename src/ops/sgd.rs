@@ -8,10 +8,12 @@
 //! runs one loop; LibTorch three ATen calls through the shim (`ops/aten`), `add` with `alpha`.
 //! A first step passes a zero buffer: `μ·0 + d` is `d` exactly, PyTorch's `buf = d.clone()`.
 //!
-//! [`sgd_steps`] updates all the parameters of a step at once: off flex it concatenates them
-//! and runs one update, so a GPU launches a handful of kernels per step instead of three to six
-//! per parameter (400 on LibTorch for a TinyResNet N = 16), as PyTorch's `foreach` SGD does on
-//! CUDA. Each value's arithmetic is the same, so are the results, to the bit.
+//! [`sgd_steps`] updates all the parameters of a step at once: on LibTorch it concatenates them
+//! and runs one update, so CUDA launches a handful of kernels per step instead of three per
+//! parameter (400 for a TinyResNet N = 16), as PyTorch's `foreach` SGD does there. Each value's
+//! arithmetic is the same, so are the results, to the bit. Not on flex (its loop is one pass per
+//! parameter already) nor on CubeCL, whose concatenation is one copy kernel per input tensor
+//! (burn's `cat_with_slice_assign`), more launches than the per-parameter fused updates.
 
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::Autodiff;
@@ -19,7 +21,7 @@ use burn::backend::tensor::FloatTensor;
 use burn::backend::{backend_extension, Backend, Dispatch};
 use burn::tensor::Tensor;
 
-use crate::device::is_flex;
+use crate::device::is_libtorch;
 
 /// The hyper-parameters of one update (the rate already scaled for the parameter's group).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -173,16 +175,16 @@ pub fn sgd_step(w: Tensor<1>, g: Tensor<1>, b: Tensor<1>, rule: SgdRule) -> (Ten
 }
 
 /// `(w′ᵢ, b′ᵢ)`: [`sgd_step`] of each parameter (flattened, no graph, all on one device) under
-/// one rule. On flex a loop (its kernel is one pass per parameter already); elsewhere one
-/// update of the concatenation, split back into views.
+/// one rule: on LibTorch one update of the concatenation, split back into views; elsewhere one
+/// by one.
 pub fn sgd_steps(
     ws: Vec<Tensor<1>>,
     gs: Vec<Tensor<1>>,
     bs: Vec<Tensor<1>>,
     rule: SgdRule,
 ) -> (Vec<Tensor<1>>, Vec<Tensor<1>>) {
-    let one_by_one = ws.len() < 2 || ws.first().is_some_and(|w| is_flex(&w.device()));
-    if one_by_one {
+    let together = ws.len() > 1 && ws.first().is_some_and(|w| is_libtorch(&w.device()));
+    if !together {
         let triples = ws.into_iter().zip(gs).zip(bs);
         return triples.map(|((w, g), b)| sgd_step(w, g, b, rule)).unzip();
     }
