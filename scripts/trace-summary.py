@@ -10,6 +10,9 @@ Per configuration (file name, e.g. tiny16-euler-adjoint.json), per side:
   dispatch on the host, and on CUDA usually one or more kernel launches;
 - views: those of them that only make a view (VIEWS below: no kernel on any device, host
   work only), so ops − views is what launches kernels on a GPU;
+- in optimizer: of the ops that are not views, those inside PyTorch's `Optimizer.step`
+  annotation (its SGD: per parameter on the CPU, a few `foreach` kernels on CUDA; ours carries
+  no such annotation: `-`);
 - host ms: their summed duration; span ms: first event to last;
 - on CUDA traces: kernels launched, their summed device time, memcpy/memset count, and the
   device's busy share of the span.
@@ -57,12 +60,16 @@ def summary(path: str) -> dict:
     ops = [e for e in events if e.get("cat") == "cpu_op" and e.get("name", "").startswith("aten::")
            and "dur" in e]
     top = outermost(ops)
+    steps = [e for e in events if e.get("name", "").startswith("Optimizer.step") and "dur" in e]
+    in_step = [e for e in top if e["name"] not in VIEWS
+               and any(o["ts"] <= e["ts"] < o["ts"] + o["dur"] for o in steps)]
     kernels = [e for e in events if e.get("cat") == "kernel"]
     copies = [e for e in events if e.get("cat") in ("gpu_memcpy", "gpu_memset")]
     busy = sum(e["dur"] for e in kernels + copies)
     return {
         "ops": len(top),
         "views": sum(e["name"] in VIEWS for e in top),
+        "optimizer": len(in_step) if steps else None,
         "host_ms": sum(e["dur"] for e in top) / 1e3,
         "span_ms": span / 1e3,
         "kernels": len(kernels),
@@ -76,7 +83,8 @@ def summary(path: str) -> dict:
 def row(name: str, side: str, s: dict) -> str:
     gpu = (f" {s['kernels']:>8} {s['kernel_ms']:>10.2f} {s['copies']:>7} {100 * s['busy']:>6.1f}%"
            if s["kernels"] else "")
-    return (f"{name:<28} {side:<8} {s['ops']:>6} {s['views']:>6} {s['host_ms']:>8.2f} "
+    opt = "-" if s["optimizer"] is None else s["optimizer"]
+    return (f"{name:<28} {side:<8} {s['ops']:>6} {s['views']:>6} {opt:>6} {s['host_ms']:>8.2f} "
             f"{s['span_ms']:>8.2f}{gpu}")
 
 
@@ -96,7 +104,7 @@ def main() -> int:
     if not names:
         print(f"error: {args.ours}: no .json traces", file=sys.stderr)
         return 2
-    print(f"{'configuration':<28} {'side':<8} {'ops':>6} {'views':>6} {'host ms':>8} "
+    print(f"{'configuration':<28} {'side':<8} {'ops':>6} {'views':>6} {'optim':>6} {'host ms':>8} "
           f"{'span ms':>8} {'kernels':>8} {'kernel ms':>10} {'copies':>7} {'busy':>7}")
     for name in names:
         stats = {}
