@@ -228,15 +228,12 @@ impl BatchNorm {
         let given = cached.is_some();
         let (mean, var) = match cached {
             Some(s) => (like(s.mean, &x), like(s.var, &x)),
-            None => {
-                let (mean, var) = batch_norm::statistics(x.clone());
-                if norm.phase == Phase::Forward {
-                    let count = x.shape().num_elements() / x.dims()[1];
-                    self.update_running(mean.clone(), var.clone(), count);
-                    norm.record(mean.clone(), var.clone());
-                }
+            None if norm.phase == Phase::Forward => {
+                let (mean, var) = self.update_running(x.clone());
+                norm.record(mean.clone(), var.clone());
                 (mean, var)
             }
+            None => batch_norm::statistics(x.clone()),
         };
         batch_norm::normalize(x, [g, b, mean, var], self.epsilon, relu, given)
     }
@@ -247,15 +244,17 @@ impl BatchNorm {
         batch_norm(x, g, b, m, v, self.epsilon)
     }
 
-    /// Running statistics update, PyTorch's convention (unbiased variance over `count` values).
-    fn update_running(&self, mean: Tensor<1>, var: Tensor<1>, count: usize) {
-        let m = self.momentum;
-        let unbias = count as f64 / (count.max(2) - 1) as f64;
-        let plain = |t: Tensor<1>| t.without_autodiff();
-        let rm = plain(self.running_mean.value_sync());
-        let rv = plain(self.running_var.value_sync());
-        let (rm, rv) = batch_norm::running([rm, rv, plain(mean), plain(var)], m, unbias);
-        self.running_mean.update(rm);
-        self.running_var.update(rv);
+    /// `x`'s batch statistics, and the running statistics updated by them (PyTorch's rule,
+    /// unbiased variance). LibTorch updates them in place; elsewhere the new values go through
+    /// `RunningState::update` (whose next read divides them by the number of updates, 1).
+    fn update_running<const D: usize>(&self, x: Tensor<D>) -> (Tensor<1>, Tensor<1>) {
+        let rm = like(self.running_mean.value_sync(), &x);
+        let rv = like(self.running_var.value_sync(), &x);
+        let (mean, var, updated) = batch_norm::update_statistics(x, [rm, rv], self.momentum);
+        if let Some((rm, rv)) = updated {
+            self.running_mean.update(rm.without_autodiff());
+            self.running_var.update(rv.without_autodiff());
+        }
+        (mean, var)
     }
 }

@@ -230,9 +230,24 @@ pub fn independent_copy<M: Module>(module: &M) -> M {
 }
 
 /// A clone that shares no mutable state: `Module::clone` shares batch-norm running statistics
-/// (they sit behind a lock), while the validation/training round trip rebuilds them.
+/// (they sit behind a lock), while the validation/training round trip rebuilds them, and
+/// [`OwnBuffers`] gives them storage of their own (LibTorch updates them in place).
 fn deep_clone<M: Module>(module: &M) -> M {
-    module.valid().train()
+    module.valid().train().map(&mut OwnBuffers)
+}
+
+/// Copies every non-trainable tensor (running statistics) into new storage.
+struct OwnBuffers;
+
+impl ModuleMapper for OwnBuffers {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        if trainable(&param) {
+            return param;
+        }
+        let (id, value, _) = param.consume();
+        let copy = Tensor::from_data(value.to_data(), (&value.device(), value.dtype()));
+        Param::initialized(id, crate::norm::like(copy, &value))
+    }
 }
 
 struct Plain;

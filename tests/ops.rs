@@ -7,7 +7,9 @@ use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::Tensor;
 use resnet_ode::device::{to_vec, Placement, Precision};
+use resnet_ode::norm::{BatchNorm, BnMode, Norm};
 use resnet_ode::ops::{batch_norm, conv3x3, sgd_steps, SgdRule};
+use resnet_ode::params::independent_copy;
 use resnet_ode::residual::conv1x1;
 use resnet_ode::rng::Rng;
 
@@ -530,44 +532,101 @@ fn sgd_step_follows_pytorchs_rule_on_libtorch() {
     sgd_step_against_reference(&place(Precision::F64), 1e-14);
 }
 
-/// `ops::batch_norm::running` against PyTorch's rule `(1 − m)·r + m·s`, the variance's batch
-/// value made unbiased by `M/(M − 1)`, on 19 channels.
-fn running_against_reference(p: &Placement, tol: f64) {
+/// `ops::batch_norm::update_statistics` against the batch mean and biased variance of a
+/// `[n, 19, 3]` input and PyTorch's running rule `(1 − m)·r + m·s`, the variance's batch value
+/// made unbiased by `M/(M − 1)` (M = 12; and M = 1, where the variance is 0 and unbias 1). Where
+/// the device updates in place (LibTorch) the running tensors passed in hold the new values.
+fn update_statistics_against_reference(p: &Placement, tol: f64) {
     let mut rng = Rng::new(12);
-    let c = 19;
-    let v: Vec<Vec<f64>> = (0..4).map(|_| rng.normals(c)).collect();
-    let var: Vec<f64> = v[3].iter().map(|x| x * x).collect();
-    let (m, unbias) = (0.1, 50.0 / 49.0);
-    let t = |v: &[f64]| p.tensor(v.to_vec(), [c]).without_autodiff();
-    let (rm, rv) = batch_norm::running([t(&v[0]), t(&v[1]), t(&v[2]), t(&var)], m, unbias);
-    let blend = |r: &[f64], s: &[f64], k: f64| -> Vec<f64> {
-        r.iter()
-            .zip(s)
-            .map(|(r, s)| (1.0 - m) * r + k * s)
-            .collect()
-    };
-    let reference = [blend(&v[0], &v[2], m), blend(&v[1], &var, m * unbias)];
-    let context = format!("{:?}", p.device);
-    assert_close(
-        &context,
-        &["mean", "var"],
-        &[to_vec(&rm), to_vec(&rv)],
-        &reference,
-        tol,
-    );
+    let (c, k, m) = (19, 3, 0.1);
+    for (n, k) in [(4, k), (1, 1)] {
+        let xs = rng.normals(n * c * k);
+        let r_mean = rng.normals(c);
+        let r_var: Vec<f64> = rng.normals(c).iter().map(|v| v * v).collect();
+        let t = |v: &[f64]| p.tensor(v.to_vec(), [c]).without_autodiff();
+        let (rm, rv) = (t(&r_mean), t(&r_var));
+        let x = p.tensor(xs.clone(), [n, c, k]).without_autodiff();
+        let (mean, var, updated) = batch_norm::update_statistics(x, [rm.clone(), rv.clone()], m);
+        let (rm, rv) = updated.unwrap_or((rm, rv));
+        let count = (n * k) as f64;
+        let values = |j: usize| (0..n).flat_map(move |i| (0..k).map(move |l| (i * c + j) * k + l));
+        let mu: Vec<f64> = (0..c)
+            .map(|j| values(j).map(|e| xs[e]).sum::<f64>() / count)
+            .collect();
+        let sigma2: Vec<f64> = (0..c)
+            .map(|j| values(j).map(|e| (xs[e] - mu[j]).powi(2)).sum::<f64>() / count)
+            .collect();
+        let unbias = count / (count.max(2.0) - 1.0);
+        let blend = |r: &[f64], s: &[f64], w: f64| -> Vec<f64> {
+            r.iter()
+                .zip(s)
+                .map(|(r, s)| (1.0 - m) * r + w * s)
+                .collect()
+        };
+        let reference = [
+            mu.clone(),
+            sigma2.clone(),
+            blend(&r_mean, &mu, m),
+            blend(&r_var, &sigma2, m * unbias),
+        ];
+        let context = format!("{:?} M = {count}", p.device);
+        assert_close(
+            &context,
+            &["mean", "var", "running mean", "running var"],
+            &[to_vec(&mean), to_vec(&var), to_vec(&rm), to_vec(&rv)],
+            &reference,
+            tol,
+        );
+    }
 }
 
 #[test]
-fn running_statistics_follow_pytorchs_rule() {
-    running_against_reference(&Placement::flex(Precision::F32), 1e-6);
-    running_against_reference(&Placement::flex(Precision::F64), 1e-14);
+fn update_statistics_follow_pytorchs_rule() {
+    update_statistics_against_reference(&Placement::flex(Precision::F32), 1e-6);
+    update_statistics_against_reference(&Placement::flex(Precision::F64), 1e-14);
 }
 
 #[cfg(feature = "tch")]
 #[test]
-fn running_statistics_follow_pytorchs_rule_on_libtorch() {
+fn update_statistics_follow_pytorchs_rule_on_libtorch() {
     #[allow(deprecated)]
     let place = |precision| Placement::new(burn::tensor::Device::libtorch(), precision);
-    running_against_reference(&place(Precision::F32), 1e-6);
-    running_against_reference(&place(Precision::F64), 1e-14);
+    update_statistics_against_reference(&place(Precision::F32), 1e-6);
+    update_statistics_against_reference(&place(Precision::F64), 1e-14);
+}
+
+/// A training forward through an independent copy of a batch norm moves the copy's running
+/// statistics and leaves the original's (LibTorch updates them in place: the copy must own them).
+fn copies_own_their_running_statistics(p: &Placement) {
+    let original = BatchNorm::new(p, 3);
+    let copy = independent_copy(&original);
+    let x = random(p, &mut Rng::new(4), [8, 3]).without_autodiff();
+    let _ = copy.forward(x, &mut Norm::train(BnMode::Cached));
+    let values = |b: &BatchNorm| {
+        let mut v = to_vec(&b.running_mean.value_sync());
+        v.extend(to_vec(&b.running_var.value_sync()));
+        v
+    };
+    let context = format!("{:?}", p.device);
+    assert_eq!(
+        values(&original),
+        [0.0, 0.0, 0.0, 1.0, 1.0, 1.0],
+        "{context}"
+    );
+    assert_ne!(values(&copy), values(&original), "{context}");
+}
+
+#[test]
+fn independent_copies_own_their_running_statistics() {
+    copies_own_their_running_statistics(&Placement::flex(Precision::F32));
+}
+
+#[cfg(feature = "tch")]
+#[test]
+fn independent_copies_own_their_running_statistics_on_libtorch() {
+    #[allow(deprecated)]
+    copies_own_their_running_statistics(&Placement::new(
+        burn::tensor::Device::libtorch(),
+        Precision::F32,
+    ));
 }

@@ -48,19 +48,6 @@ extern "C" {
         len: usize,
     ) -> c_int;
 
-    #[allow(clippy::too_many_arguments)]
-    fn rode_bn_running(
-        rm: *const C_tensor,
-        rv: *const C_tensor,
-        mean: *const C_tensor,
-        var: *const C_tensor,
-        momentum: f64,
-        unbias: f64,
-        out: *mut *mut C_tensor,
-        err: *mut c_char,
-        len: usize,
-    ) -> c_int;
-
     fn rode_profile_start(cuda: c_int, err: *mut c_char, len: usize) -> c_int;
 
     fn rode_profile_stop(path: *const c_char, err: *mut c_char, len: usize) -> c_int;
@@ -168,30 +155,6 @@ pub fn sgd_step(w: &Tensor, g: &Tensor, b: &Tensor, rule: crate::ops::SgdRule) -
         )
     });
     pair(r, "the SGD step")
-}
-
-/// Batch normalisation's running statistics `(rm', rv')` after a batch of statistics
-/// `(mean, var)` (see `shim.cpp`).
-pub fn bn_running(
-    [rm, rv, mean, var]: [&Tensor; 4],
-    momentum: f64,
-    unbias: f64,
-) -> (Tensor, Tensor) {
-    // SAFETY: as in `conv3x3_backward`.
-    let r = call(|out, err, len| unsafe {
-        rode_bn_running(
-            rm.as_ptr(),
-            rv.as_ptr(),
-            mean.as_ptr(),
-            var.as_ptr(),
-            momentum,
-            unbias,
-            out,
-            err,
-            len,
-        )
-    });
-    pair(r, "the running-statistics update")
 }
 
 /// Runs a shim call that returns only success or ATen's message.

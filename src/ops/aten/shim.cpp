@@ -104,26 +104,6 @@ int rode_sgd_step(const at::Tensor *w, const at::Tensor *g, const at::Tensor *b,
   }
 }
 
-// Running statistics of batch normalisation after one batch (PyTorch's rule, `unbias` =
-// count/(count - 1) turning the batch's biased variance unbiased): rm' = (1 - m) rm + m mean,
-// rv' = (1 - m) rv + m unbias var. out = {rm', rv'}. Two multi-tensor ops (the four products,
-// then the two sums), two kernel launches on CUDA where a product and a sum per line took four.
-int rode_bn_running(const at::Tensor *rm, const at::Tensor *rv, const at::Tensor *mean,
-                    const at::Tensor *var, double momentum, double unbias, at::Tensor **out,
-                    char *err, size_t len) {
-  try {
-    const double keep = 1 - momentum;
-    std::vector<at::Tensor> p = at::_foreach_mul({*rm, *rv, *mean, *var},
-                                                 {keep, keep, momentum, momentum * unbias});
-    std::vector<at::Tensor> r = at::_foreach_add({p[0], p[1]}, {p[2], p[3]});
-    put(r[0], &out[0]);
-    put(r[1], &out[1]);
-    return 0;
-  } catch (const std::exception &e) {
-    return fail(e, err, len);
-  }
-}
-
 // Starts PyTorch's own profiler (Kineto, what `torch.profiler` runs) on the calling thread:
 // every ATen operation and, with `cuda`, every CUDA kernel, copy and runtime call, so that a
 // step of ours and one of PyTorch's are traced by the same instrument.

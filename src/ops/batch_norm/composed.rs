@@ -133,6 +133,13 @@ pub fn backward<B: Backend>(
     (dx, dgamma, B::float_reshape(sum_dy, c))
 }
 
+/// `M/(M − 1)`, which makes the biased variance of `M` values per channel unbiased (1 when
+/// `M = 1`, where PyTorch refuses to train: the variance is 0 either way).
+pub fn unbias(x: &Shape) -> f64 {
+    let m = count(x);
+    m / (m.max(2.0) - 1.0)
+}
+
 /// PyTorch's running-statistics rule: `(1 − m)·rm + m·mean`, `(1 − m)·rv + m·unbias·var`.
 pub fn running<B: Backend>(
     [rm, rv, mean, var]: [FloatTensor<B>; 4],

@@ -132,3 +132,16 @@ pub(super) fn running(
         _ => composed::running::<Flex>(stats, momentum, unbias),
     }
 }
+
+/// Statistics, then the running statistics after them (new tensors).
+pub(super) fn update_statistics(
+    x: FlexTensor,
+    rm: FlexTensor,
+    rv: FlexTensor,
+    momentum: f64,
+) -> (FlexTensor, FlexTensor, FlexTensor, FlexTensor) {
+    let unbias = composed::unbias(&x.shape());
+    let (mean, var) = statistics(x);
+    let (rm, rv) = running([rm, rv, mean.clone(), var.clone()], momentum, unbias);
+    (mean, var, rm, rv)
+}

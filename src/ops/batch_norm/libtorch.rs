@@ -50,8 +50,28 @@ pub(super) fn backward(
     (TchTensor::new(dx), TchTensor::new(dg), TchTensor::new(db))
 }
 
-pub(super) fn running(stats: [TchTensor; 4], momentum: f64, unbias: f64) -> (TchTensor, TchTensor) {
-    let [rm, rv, mean, var] = stats.map(|t| t.tensor);
-    let (rm, rv) = aten::bn_running([&rm, &rv, &mean, &var], momentum, unbias);
-    (TchTensor::new(rm), TchTensor::new(rv))
+/// Statistics and, in place, the running statistics: `batch_norm_update_stats` given `rm` and
+/// `rv` blends them in the same pass (PyTorch's rule, unbiased by M/(M − 1)). With one value
+/// per channel ATen would divide by M − 1 = 0; the variance is 0 there and the rule a plain blend.
+pub(super) fn update_statistics(
+    x: TchTensor,
+    rm: TchTensor,
+    rv: TchTensor,
+    momentum: f64,
+) -> (TchTensor, TchTensor, TchTensor, TchTensor) {
+    let (mut r_mean, mut r_var) = (rm.tensor.shallow_clone(), rv.tensor.shallow_clone());
+    let shape = x.tensor.size();
+    let per_channel = shape.iter().product::<i64>() / shape.get(1).copied().unwrap_or(1).max(1);
+    let (mean, var) = if per_channel > 1 {
+        x.tensor
+            .batch_norm_update_stats(Some(&r_mean), Some(&r_var), momentum)
+    } else {
+        let (mean, var) =
+            x.tensor
+                .batch_norm_update_stats(None::<tch::Tensor>, None::<tch::Tensor>, 0.0);
+        let _ = r_mean.lerp_(&mean, momentum);
+        let _ = r_var.lerp_(&var, momentum);
+        (mean, var)
+    };
+    (TchTensor::new(mean), TchTensor::new(var), rm, rv)
 }

@@ -12,13 +12,14 @@ pub mod kernel;
 #[cfg(feature = "tch")]
 mod libtorch;
 
+use crate::device::is_libtorch;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::autodiff::{Autodiff, NodeId};
 use burn::backend::tensor::FloatTensor;
-use burn::backend::{backend_extension, Backend, Dispatch};
+use burn::backend::{backend_extension, Backend, Dispatch, TensorMetadata};
 use burn::tensor::Tensor;
 
 /// Per-channel statistics, normalisation and its backward.
@@ -69,19 +70,28 @@ pub trait BatchNormOps: Backend {
         composed::backward::<Self>(x, [gamma, mean, var, y, grad], epsilon, relu, given)
     }
 
-    /// Running statistics after a batch with statistics `(mean, var)`, PyTorch's rule:
-    /// `(1 − m)·rm + m·mean` and `(1 − m)·rv + m·unbias·var` (`unbias` = M/(M − 1)). One op
-    /// where burn's composition took eight per batch norm (ten on LibTorch, with the wrapped
-    /// scalars): 2 % of a LibTorch TinyResNet step of depth 256 went to them.
-    fn bn_running(
+    /// The training forward's statistics: `x`'s batch mean and biased variance (as
+    /// [`BatchNormOps::bn_statistics`]) and the running statistics after this batch, PyTorch's
+    /// rule `(1 − m)·rm + m·mean`, `(1 − m)·rv + m·unbias·var` (`unbias` = M/(M − 1) over the M
+    /// values per channel). LibTorch updates `rm` and `rv` **in place** and returns them (ATen's
+    /// `batch_norm_update_stats`, PyTorch's own training path: one op where statistics, two
+    /// running ops and burn's `RunningState` reads took five); the others return new tensors.
+    fn bn_update_statistics(
+        x: FloatTensor<Self>,
         rm: FloatTensor<Self>,
         rv: FloatTensor<Self>,
-        mean: FloatTensor<Self>,
-        var: FloatTensor<Self>,
         momentum: f64,
-        unbias: f64,
-    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        composed::running::<Self>([rm, rv, mean, var], momentum, unbias)
+    ) -> (
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+    ) {
+        let unbias = composed::unbias(&x.shape());
+        let (mean, var) = Self::bn_statistics(x);
+        let stats = [rm, rv, mean.clone(), var.clone()];
+        let (rm, rv) = composed::running::<Self>(stats, momentum, unbias);
+        (mean, var, rm, rv)
     }
 }
 
@@ -120,15 +130,18 @@ impl BatchNormOps for burn::backend::Flex {
         flex::backward(x, [gamma, mean, var, y, grad], epsilon, relu, given)
     }
 
-    fn bn_running(
+    fn bn_update_statistics(
+        x: FloatTensor<Self>,
         rm: FloatTensor<Self>,
         rv: FloatTensor<Self>,
-        mean: FloatTensor<Self>,
-        var: FloatTensor<Self>,
         momentum: f64,
-        unbias: f64,
-    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        flex::running([rm, rv, mean, var], momentum, unbias)
+    ) -> (
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+    ) {
+        flex::update_statistics(x, rm, rv, momentum)
     }
 }
 
@@ -165,15 +178,18 @@ impl BatchNormOps for burn::backend::LibTorch {
         libtorch::backward(x, [gamma, mean, var, y, grad], epsilon, relu, given)
     }
 
-    fn bn_running(
+    fn bn_update_statistics(
+        x: FloatTensor<Self>,
         rm: FloatTensor<Self>,
         rv: FloatTensor<Self>,
-        mean: FloatTensor<Self>,
-        var: FloatTensor<Self>,
         momentum: f64,
-        unbias: f64,
-    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        libtorch::running([rm, rv, mean, var], momentum, unbias)
+    ) -> (
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+    ) {
+        libtorch::update_statistics(x, rm, rv, momentum)
     }
 }
 
@@ -299,18 +315,22 @@ impl<B: Backend + BatchNormOps, C: CheckpointStrategy> BatchNormOps for Autodiff
         )
     }
 
-    /// Values only (running statistics carry no graph).
-    fn bn_running(
+    /// Values only (statistics and running statistics carry no graph).
+    fn bn_update_statistics(
+        x: FloatTensor<Self>,
         rm: FloatTensor<Self>,
         rv: FloatTensor<Self>,
-        mean: FloatTensor<Self>,
-        var: FloatTensor<Self>,
         momentum: f64,
-        unbias: f64,
-    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        let [rm, rv, mean, var] = [rm, rv, mean, var].map(|t| t.into_primitive());
-        let (rm, rv) = B::bn_running(rm, rv, mean, var, momentum, unbias);
-        (FloatTensor::<Self>::new(rm), FloatTensor::<Self>::new(rv))
+    ) -> (
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+    ) {
+        let [x, rm, rv] = [x, rm, rv].map(|t| t.into_primitive());
+        let (mean, var, rm, rv) = B::bn_update_statistics(x, rm, rv, momentum);
+        let new = FloatTensor::<Self>::new;
+        (new(mean), new(var), new(rm), new(rv))
     }
 }
 
@@ -341,14 +361,20 @@ pub fn normalize<const D: usize>(
     ))
 }
 
-/// Running statistics `(rm', rv')` after a batch with statistics `(mean, var)`:
-/// `(1 − m)·rm + m·mean`, `(1 − m)·rv + m·unbias·var`; no graph.
-pub fn running(
-    [rm, rv, mean, var]: [Tensor<1>; 4],
+/// The training forward's batch mean and biased variance of `x`, and the running statistics
+/// `[rm, rv]` after it (`(1 − m)·rm + m·mean`, `(1 − m)·rv + m·unbias·var`); no graph. `None`
+/// where the device updated `rm` and `rv` in place (LibTorch): every tensor sharing their
+/// storage sees the new values, so a copy meant to stay independent must own its buffers
+/// (`params::independent_copy` does).
+pub fn update_statistics<const D: usize>(
+    x: Tensor<D>,
+    [rm, rv]: [Tensor<1>; 2],
     momentum: f64,
-    unbias: f64,
-) -> (Tensor<1>, Tensor<1>) {
-    let [rm, rv, mean, var] = [rm, rv, mean, var].map(Tensor::into_dispatch);
-    let (rm, rv) = <Dispatch as BatchNormOps>::bn_running(rm, rv, mean, var, momentum, unbias);
-    (Tensor::from_dispatch(rm), Tensor::from_dispatch(rv))
+) -> (Tensor<1>, Tensor<1>, Option<(Tensor<1>, Tensor<1>)>) {
+    let in_place = is_libtorch(&x.device());
+    let [rm, rv] = [rm, rv].map(Tensor::into_dispatch);
+    let (mean, var, rm, rv) =
+        <Dispatch as BatchNormOps>::bn_update_statistics(x.into_dispatch(), rm, rv, momentum);
+    let [mean, var, rm, rv] = [mean, var, rm, rv].map(Tensor::from_dispatch);
+    (mean, var, (!in_place).then_some((rm, rv)))
 }
