@@ -76,8 +76,8 @@ fn call(f: impl FnOnce(*mut *mut C_tensor, *mut c_char, usize) -> c_int) -> [Opt
     out.map(|p| (!p.is_null()).then(|| unsafe { Tensor::from_ptr(p) }))
 }
 
-/// The gradient of the 3×3 stride-1 padding-1 convolution with respect to `x` (`mask` = 1) or
-/// to its weight and bias (`mask` = 6): `[dx, dweight, dbias]`, `None` where not asked for.
+/// The gradients of the 3×3 stride-1 padding-1 convolution that `mask` asks for (bit 0: `x`,
+/// bit 1: the weight, bit 2: the bias): `[dx, dweight, dbias]`, `None` where not asked for.
 pub fn conv3x3_backward(
     x: &Tensor,
     weight: &Tensor,

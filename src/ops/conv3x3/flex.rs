@@ -3,7 +3,7 @@
 
 use super::direct;
 use super::kernel::{self, Real, Shape};
-use super::same;
+use super::{same, Wanted};
 use crate::ops::flex_data::{tensor, values};
 use burn::backend::flex::FlexTensor;
 use burn::backend::ops::ModuleOps;
@@ -70,7 +70,7 @@ fn x_grad<T: Conv>(x: &FlexTensor, weight: &FlexTensor, grad: &FlexTensor) -> Fl
     tensor(dx, vec![s.batch, s.cin, s.h, s.w])
 }
 
-pub(super) fn x_backward(x: FlexTensor, weight: FlexTensor, grad: FlexTensor) -> FlexTensor {
+fn x_backward(x: FlexTensor, weight: FlexTensor, grad: FlexTensor) -> FlexTensor {
     match x.dtype() {
         DType::F32 => x_grad::<f32>(&x, &weight, &grad),
         DType::F64 => x_grad::<f64>(&x, &weight, &grad),
@@ -91,7 +91,7 @@ fn params_grad<T: Conv>(
     )
 }
 
-pub(super) fn params_backward(
+fn params_backward(
     x: FlexTensor,
     weight: FlexTensor,
     bias: FlexTensor,
@@ -105,4 +105,24 @@ pub(super) fn params_backward(
             Flex::conv2d_bias_backward(x, bias, grad),
         ),
     }
+}
+
+/// The gradients `wanted` asks for, `(dx, dW, db)`; dW and db come from one pass, whichever of
+/// them is asked. Where one is not asked its input stands in.
+pub(super) fn backward(
+    x: FlexTensor,
+    weight: FlexTensor,
+    bias: FlexTensor,
+    grad: FlexTensor,
+    wanted: Wanted,
+) -> (FlexTensor, FlexTensor, FlexTensor) {
+    let dx = match wanted.x {
+        true => x_backward(x.clone(), weight.clone(), grad.clone()),
+        false => x.clone(),
+    };
+    let (dw, db) = match wanted.weight || wanted.bias {
+        true => params_backward(x, weight, bias, grad),
+        false => (weight, bias),
+    };
+    (dx, dw, db)
 }

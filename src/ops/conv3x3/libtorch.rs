@@ -4,32 +4,29 @@
 //! `dW`, each with layout copies. The forward stays burn-tch's `conv2d` (ATen's already).
 
 use super::super::aten;
+use super::Wanted;
 use burn::backend::libtorch::TchTensor;
 
-/// ATen's result where the mask asked for it.
-fn asked(t: Option<tch::Tensor>) -> tch::Tensor {
-    t.unwrap_or_else(|| panic!("ATen: convolution_backward left out a gradient it was asked for"))
-}
-
-pub(super) fn x_backward(x: TchTensor, weight: TchTensor, grad: TchTensor) -> TchTensor {
-    let [dx, _, _] = aten::conv3x3_backward(&x.tensor, &weight.tensor, &grad.tensor, 1);
-    TchTensor::new(asked(dx))
-}
-
-/// `(dW, db)`; `bias` itself in place of `db` unless `bias_grad` (a block without a bias skips
-/// the reduction of `grad` over the batch).
-pub(super) fn params_backward(
+/// One `convolution_backward` for every gradient `wanted` asks; the inputs stand in for the
+/// others.
+pub(super) fn backward(
     x: TchTensor,
     weight: TchTensor,
     bias: TchTensor,
     grad: TchTensor,
-    bias_grad: bool,
-) -> (TchTensor, TchTensor) {
-    let mask = if bias_grad { 6 } else { 2 };
-    let [_, dw, db] = aten::conv3x3_backward(&x.tensor, &weight.tensor, &grad.tensor, mask);
-    let db = match bias_grad {
-        true => TchTensor::new(asked(db)),
-        false => bias,
+    wanted: Wanted,
+) -> (TchTensor, TchTensor, TchTensor) {
+    let mask = i32::from(wanted.x) | i32::from(wanted.weight) << 1 | i32::from(wanted.bias) << 2;
+    let [dx, dw, db] = aten::conv3x3_backward(&x.tensor, &weight.tensor, &grad.tensor, mask);
+    let pick = |asked: bool, got: Option<tch::Tensor>, input: TchTensor| match asked {
+        true => TchTensor::new(got.unwrap_or_else(|| {
+            panic!("ATen: convolution_backward left out a gradient it was asked for")
+        })),
+        false => input,
     };
-    (TchTensor::new(asked(dw)), db)
+    (
+        pick(wanted.x, dx, x),
+        pick(wanted.weight, dw, weight),
+        pick(wanted.bias, db, bias),
+    )
 }

@@ -4,7 +4,7 @@
 //! (`libtorch.rs`); elsewhere (CubeCL) burn's own `conv2d` and its backward.
 //!
 //! The trait's default bodies compose burn's module ops; `Autodiff` gets a handwritten backward
-//! (modelled on burn-autodiff's `conv2d`) that calls the backend's own `conv3x3_*_backward`,
+//! (modelled on burn-autodiff's `conv2d`) that calls the backend's own `conv3x3_backward`,
 //! which is where the fast paths come in.
 
 pub mod direct;
@@ -45,34 +45,41 @@ pub trait Conv3x3Ops: Backend {
         Self::conv2d(x, weight, Some(bias), same())
     }
 
-    /// The gradient with respect to `x` of `⟨grad, conv3x3(x, weight, ·)⟩`.
-    fn conv3x3_x_backward(
-        x: FloatTensor<Self>,
-        weight: FloatTensor<Self>,
-        grad: FloatTensor<Self>,
-    ) -> FloatTensor<Self> {
-        Self::conv2d_x_backward(x, weight, grad, same())
-    }
-
-    /// The gradients with respect to `weight` and `bias`, in one op because flex computes both
-    /// in one pass over the images. With `bias_grad` false (a block without a bias: its zero
-    /// bias is a constant) the bias's reduction over the batch is skipped and `bias` itself
-    /// stands in for its gradient, unread: no kernel (a zero tensor and a concatenation with
-    /// its slices cost LibTorch five ops per convolution, two of them kernels on a GPU).
-    fn conv3x3_params_backward(
+    /// The gradients of `⟨grad, conv3x3(x, weight, bias)⟩` that `wanted` asks for, as
+    /// `(dx, dW, db)`; where one is not asked the input itself stands in for it, unread (no
+    /// kernel). One op, because LibTorch's `convolution_backward` computes all three in one call
+    /// (PyTorch's autograd makes one; two calls cost a second dispatch per convolution) and flex
+    /// computes dW and db in one pass over the images. A block without a bias (its zero bias is
+    /// a constant) skips the reduction of `grad` over the batch.
+    fn conv3x3_backward(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         bias: FloatTensor<Self>,
         grad: FloatTensor<Self>,
-        bias_grad: bool,
-    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        let dw = Self::conv2d_weight_backward(x.clone(), weight, grad.clone(), same());
-        let db = match bias_grad {
+        wanted: Wanted,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let dx = match wanted.x {
+            true => Self::conv2d_x_backward(x.clone(), weight.clone(), grad.clone(), same()),
+            false => x.clone(),
+        };
+        let dw = match wanted.weight {
+            true => Self::conv2d_weight_backward(x.clone(), weight, grad.clone(), same()),
+            false => weight,
+        };
+        let db = match wanted.bias {
             true => Self::conv2d_bias_backward(x, bias, grad),
             false => bias,
         };
-        (dw, db)
+        (dx, dw, db)
     }
+}
+
+/// Which gradients a convolution's backward must compute (its inputs that are tracked).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Wanted {
+    pub x: bool,
+    pub weight: bool,
+    pub bias: bool,
 }
 
 impl Conv3x3Ops for burn::backend::Flex {
@@ -84,44 +91,27 @@ impl Conv3x3Ops for burn::backend::Flex {
         flex::conv3x3(x, weight, bias)
     }
 
-    fn conv3x3_x_backward(
-        x: FloatTensor<Self>,
-        weight: FloatTensor<Self>,
-        grad: FloatTensor<Self>,
-    ) -> FloatTensor<Self> {
-        flex::x_backward(x, weight, grad)
-    }
-
-    fn conv3x3_params_backward(
+    fn conv3x3_backward(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         bias: FloatTensor<Self>,
         grad: FloatTensor<Self>,
-        _bias_grad: bool,
-    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        // One pass computes both: the bias sums cost nothing extra.
-        flex::params_backward(x, weight, bias, grad)
+        wanted: Wanted,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        flex::backward(x, weight, bias, grad, wanted)
     }
 }
 
 #[cfg(feature = "tch")]
 impl Conv3x3Ops for burn::backend::LibTorch {
-    fn conv3x3_x_backward(
-        x: FloatTensor<Self>,
-        weight: FloatTensor<Self>,
-        grad: FloatTensor<Self>,
-    ) -> FloatTensor<Self> {
-        libtorch::x_backward(x, weight, grad)
-    }
-
-    fn conv3x3_params_backward(
+    fn conv3x3_backward(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         bias: FloatTensor<Self>,
         grad: FloatTensor<Self>,
-        bias_grad: bool,
-    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        libtorch::params_backward(x, weight, bias, grad, bias_grad)
+        wanted: Wanted,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        libtorch::backward(x, weight, bias, grad, wanted)
     }
 }
 
@@ -141,19 +131,19 @@ impl<B: Backend + Conv3x3Ops> Backward<B, 3> for Conv3x3Backward {
         let x = cp.retrieve_node_output::<FloatTensor<B>>(x_state);
         let weight = cp.retrieve_node_output::<FloatTensor<B>>(weight_state);
         let bias = cp.retrieve_node_output::<FloatTensor<B>>(bias_state);
-        if let Some(node) = node_x {
-            let dx = B::conv3x3_x_backward(x.clone(), weight.clone(), grad.clone());
-            grads.register::<B>(node.id, dx);
-        }
-        if node_weight.is_none() && node_bias.is_none() {
+        let wanted = Wanted {
+            x: node_x.is_some(),
+            weight: node_weight.is_some(),
+            bias: node_bias.is_some(),
+        };
+        if !(wanted.x || wanted.weight || wanted.bias) {
             return;
         }
-        let (dw, db) = B::conv3x3_params_backward(x, weight, bias, grad, node_bias.is_some());
-        if let Some(node) = node_weight {
-            grads.register::<B>(node.id, dw);
-        }
-        if let Some(node) = node_bias {
-            grads.register::<B>(node.id, db);
+        let (dx, dw, db) = B::conv3x3_backward(x, weight, bias, grad, wanted);
+        for (node, g) in [(node_x, dx), (node_weight, dw), (node_bias, db)] {
+            if let Some(node) = node {
+                grads.register::<B>(node.id, g);
+            }
         }
     }
 }
@@ -191,34 +181,17 @@ impl<B: Backend + Conv3x3Ops, C: CheckpointStrategy> Conv3x3Ops for Autodiff<B, 
     }
 
     /// Values only (not differentiated again): the models never take second derivatives.
-    fn conv3x3_x_backward(
-        x: FloatTensor<Self>,
-        weight: FloatTensor<Self>,
-        grad: FloatTensor<Self>,
-    ) -> FloatTensor<Self> {
-        FloatTensor::<Self>::new(B::conv3x3_x_backward(
-            x.into_primitive(),
-            weight.into_primitive(),
-            grad.into_primitive(),
-        ))
-    }
-
-    /// Values only, as above.
-    fn conv3x3_params_backward(
+    fn conv3x3_backward(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         bias: FloatTensor<Self>,
         grad: FloatTensor<Self>,
-        bias_grad: bool,
-    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        let (dw, db) = B::conv3x3_params_backward(
-            x.into_primitive(),
-            weight.into_primitive(),
-            bias.into_primitive(),
-            grad.into_primitive(),
-            bias_grad,
-        );
-        (FloatTensor::<Self>::new(dw), FloatTensor::<Self>::new(db))
+        wanted: Wanted,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let [x, weight, bias, grad] = [x, weight, bias, grad].map(|t| t.into_primitive());
+        let (dx, dw, db) = B::conv3x3_backward(x, weight, bias, grad, wanted);
+        let new = FloatTensor::<Self>::new;
+        (new(dx), new(dw), new(db))
     }
 }
 
