@@ -3,6 +3,7 @@
 //! in f32 and f64, on odd shapes (batch 1, 1×1 maps, channel counts that are not multiples of
 //! 16): a fast path must compute what the composed default computes.
 
+use burn::backend::TensorMetadata;
 use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::Tensor;
@@ -478,7 +479,8 @@ fn sgd_reference(w: f64, g: f64, b: Option<f64>, rule: SgdRule) -> (f64, f64) {
 
 /// `ops::sgd_steps`, two steps in a row (zero buffers at first, as the optimizer passes), against
 /// [`sgd_reference`] for plain, decayed and Nesterov rules, on three parameters of 37, 5 and 1
-/// values updated together (on LibTorch as one concatenation, split back; elsewhere one by one).
+/// values (shaped `[37]`, `[5, 1]`, `[1, 1, 1, 1]`) updated together (on LibTorch as ATen's
+/// multi-tensor ops; elsewhere one by one): values and shapes.
 fn sgd_step_against_reference(p: &Placement, tol: f64) {
     let mut rng = Rng::new(11);
     let sizes = [37, 5, 1];
@@ -493,9 +495,18 @@ fn sgd_step_against_reference(p: &Placement, tol: f64) {
             momentum,
             nesterov,
         };
+        let shapes = [vec![37], vec![5, 1], vec![1, 1, 1, 1]];
         let t = |v: &[Vec<f64>]| {
             v.iter()
-                .map(|v| p.tensor(v.clone(), [v.len()]).without_autodiff())
+                .enumerate()
+                .map(|(k, v)| {
+                    let x = p.tensor(v.clone(), [v.len()]).without_autodiff();
+                    match k {
+                        0 => x.into_dispatch(),
+                        1 => x.reshape([5, 1]).into_dispatch(),
+                        _ => x.reshape([1, 1, 1, 1]).into_dispatch(),
+                    }
+                })
                 .collect::<Vec<_>>()
         };
         let zeros = sizes.map(|n| vec![0.0; n]);
@@ -510,8 +521,12 @@ fn sgd_step_against_reference(p: &Placement, tol: f64) {
                     r.push(v);
                 }
             }
-            let ours = [&w1[k], &b1[k], &w2[k], &b2[k]].map(to_vec);
             let context = format!("{:?} {rule:?} parameter {k}", p.device);
+            for t in [&w1[k], &b1[k], &w2[k], &b2[k]] {
+                assert_eq!(t.shape().to_vec(), shapes[k], "{context}");
+            }
+            let ours = [&w1[k], &b1[k], &w2[k], &b2[k]]
+                .map(|t| to_vec(&Tensor::<1>::from_dispatch(t.clone())));
             assert_close(&context, &["w1", "b1", "w2", "b2"], &ours, &reference, tol);
         }
     }

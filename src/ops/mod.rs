@@ -22,4 +22,4 @@ pub mod simd;
 pub use conv3x3::conv3x3;
 pub use dot::scaled_dot;
 pub use relu::relu;
-pub use sgd::{sgd_step, sgd_steps, SgdRule};
+pub use sgd::{sgd_steps, SgdRule};

@@ -8,20 +8,17 @@
 //! runs one loop; LibTorch three ATen calls through the shim (`ops/aten`), `add` with `alpha`.
 //! A first step passes a zero buffer: `μ·0 + d` is `d` exactly, PyTorch's `buf = d.clone()`.
 //!
-//! [`sgd_steps`] updates all the parameters of a step at once: on LibTorch it concatenates them
-//! and runs one update, so CUDA launches a handful of kernels per step instead of three per
-//! parameter (400 for a TinyResNet N = 16), as PyTorch's `foreach` SGD does there. Each value's
-//! arithmetic is the same, so are the results, to the bit. Not on flex (its loop is one pass per
-//! parameter already) nor on CubeCL, whose concatenation is one copy kernel per input tensor
-//! (burn's `cat_with_slice_assign`), more launches than the per-parameter fused updates.
+//! [`sgd_steps`] updates all the parameters of a step at once, each in its own shape (no
+//! reshapes: LibTorch dispatches one view op per reshape): on LibTorch as ATen's multi-tensor
+//! (`_foreach`) ops on the lists, PyTorch's `foreach` SGD, so CUDA launches a handful of kernels
+//! per step instead of three per parameter (400 for a TinyResNet N = 16); the values are those
+//! of the per-tensor ops, to the bit. Elsewhere one by one: flex's loop is one pass per
+//! parameter already, and CubeCL fuses each update.
 
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::Autodiff;
 use burn::backend::tensor::FloatTensor;
-use burn::backend::{backend_extension, Backend, Dispatch};
-use burn::tensor::Tensor;
-
-use crate::device::is_libtorch;
+use burn::backend::{backend_extension, Backend, Dispatch, DispatchTensor};
 
 /// The hyper-parameters of one update (the rate already scaled for the parameter's group).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -93,8 +90,9 @@ impl SgdOps for burn::backend::LibTorch {
         rule: SgdRule,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
         use burn::backend::libtorch::TchTensor;
-        let (w, b) = super::aten::sgd_step(&w.tensor, &g.tensor, &b.tensor, rule);
-        (TchTensor::new(w), TchTensor::new(b))
+        let (w, b) = super::aten::sgd_steps(&[&w.tensor], &[&g.tensor], &[&b.tensor], rule);
+        let one = |v: Vec<tch::Tensor>| TchTensor::new(v.into_iter().next().expect("one result"));
+        (one(w), one(b))
     }
 }
 
@@ -162,41 +160,63 @@ mod flex {
     }
 }
 
-/// `(w', b')`: one update of `w` by its gradient `g` and momentum buffer `b` (flattened, no
-/// graph, all three on one device).
-pub fn sgd_step(w: Tensor<1>, g: Tensor<1>, b: Tensor<1>, rule: SgdRule) -> (Tensor<1>, Tensor<1>) {
-    let (w, b) = <Dispatch as SgdOps>::sgd_step(
-        w.into_dispatch(),
-        g.into_dispatch(),
-        b.into_dispatch(),
-        rule,
-    );
-    (Tensor::from_dispatch(w), Tensor::from_dispatch(b))
+/// `(w′ᵢ, b′ᵢ)`: one update of each `wᵢ` by its gradient `gᵢ` and momentum buffer `bᵢ` under
+/// one rule (tensors of any shape, `bᵢ` and `gᵢ` shaped as `wᵢ`, no graph, all on one device):
+/// on LibTorch ATen's multi-tensor ops on the lists, elsewhere one by one.
+pub fn sgd_steps(
+    ws: Vec<DispatchTensor>,
+    gs: Vec<DispatchTensor>,
+    bs: Vec<DispatchTensor>,
+    rule: SgdRule,
+) -> (Vec<DispatchTensor>, Vec<DispatchTensor>) {
+    #[cfg(feature = "tch")]
+    if let Some(updated) = libtorch::steps(&ws, &gs, &bs, rule) {
+        return updated;
+    }
+    let triples = ws.into_iter().zip(gs).zip(bs);
+    triples
+        .map(|((w, g), b)| <Dispatch as SgdOps>::sgd_step(w, g, b, rule))
+        .unzip()
 }
 
-/// `(w′ᵢ, b′ᵢ)`: [`sgd_step`] of each parameter (flattened, no graph, all on one device) under
-/// one rule: on LibTorch one update of the concatenation, split back into views; elsewhere one
-/// by one.
-pub fn sgd_steps(
-    ws: Vec<Tensor<1>>,
-    gs: Vec<Tensor<1>>,
-    bs: Vec<Tensor<1>>,
-    rule: SgdRule,
-) -> (Vec<Tensor<1>>, Vec<Tensor<1>>) {
-    let together = ws.len() > 1 && ws.first().is_some_and(|w| is_libtorch(&w.device()));
-    if !together {
-        let triples = ws.into_iter().zip(gs).zip(bs);
-        return triples.map(|((w, g), b)| sgd_step(w, g, b, rule)).unzip();
+/// LibTorch's list update, on the ATen tensors inside the dispatch handles.
+#[cfg(feature = "tch")]
+mod libtorch {
+    use super::SgdRule;
+    use crate::ops::aten;
+    use burn::backend::libtorch::TchTensor;
+    use burn::backend::{
+        BackendTensor, DispatchAutodiffContext, DispatchTensor, DispatchTensorKind,
+    };
+
+    fn aten_of(t: &DispatchTensor) -> Option<&tch::Tensor> {
+        match &t.kind {
+            DispatchTensorKind::LibTorch(BackendTensor::Float(t)) => Some(&t.tensor),
+            _ => None,
+        }
     }
-    let sizes: Vec<usize> = ws.iter().map(|w| w.dims()[0]).collect();
-    let (w, b) = sgd_step(
-        Tensor::cat(ws, 0),
-        Tensor::cat(gs, 0),
-        Tensor::cat(bs, 0),
-        rule,
-    );
-    (
-        w.split_with_sizes(sizes.clone(), 0),
-        b.split_with_sizes(sizes, 0),
-    )
+
+    fn dispatch_of(t: tch::Tensor) -> DispatchTensor {
+        DispatchTensor {
+            kind: DispatchTensorKind::LibTorch(BackendTensor::Float(TchTensor::new(t))),
+            autodiff: DispatchAutodiffContext::Disabled,
+        }
+    }
+
+    fn lists(v: &[DispatchTensor]) -> Option<Vec<&tch::Tensor>> {
+        v.iter().map(aten_of).collect()
+    }
+
+    /// `None` unless every tensor is a plain (graph-free) LibTorch one.
+    pub(super) fn steps(
+        ws: &[DispatchTensor],
+        gs: &[DispatchTensor],
+        bs: &[DispatchTensor],
+        rule: SgdRule,
+    ) -> Option<(Vec<DispatchTensor>, Vec<DispatchTensor>)> {
+        let (w, g, b) = (lists(ws)?, lists(gs)?, lists(bs)?);
+        let (w, b) = aten::sgd_steps(&w, &g, &b, rule);
+        let wrap = |v: Vec<tch::Tensor>| v.into_iter().map(dispatch_of).collect();
+        Some((wrap(w), wrap(b)))
+    }
 }

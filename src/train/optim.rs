@@ -13,9 +13,10 @@ use crate::io::{load_weights, save_weights};
 use crate::ops::{self, SgdRule};
 use crate::params::named;
 use crate::{Error, Result};
+use burn::backend::{Dispatch, DispatchTensor, TensorMetadata};
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::optim::GradientsParams;
-use burn::tensor::Tensor;
+use burn::tensor::{Shape, Tensor};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::Path;
@@ -109,12 +110,29 @@ pub struct OptimizerState {
     pub second: Vec<bool>,
 }
 
-/// An optimizer with its per-parameter buffers (flattened, graph-free).
+/// A graph-free tensor of any rank: parameters, gradients and buffers keep their own shapes
+/// through a step (on LibTorch each reshape is an ATen op; a TinyResNet step had 400 of them).
+type Any = DispatchTensor;
+
+/// An optimizer with its per-parameter buffers (in the parameters' shapes, graph-free; written
+/// flattened).
 pub struct Optimizer {
     pub config: OptimizerConfig,
     steps: u64,
-    first: Vec<Option<Tensor<1>>>,
-    second: Vec<Option<Tensor<1>>>,
+    first: Vec<Option<Any>>,
+    second: Vec<Option<Any>>,
+}
+
+/// `t` as a vector of its values.
+fn flat(t: Any) -> Tensor<1> {
+    let n = t.shape().num_elements();
+    Tensor::<1>::from_dispatch(t).reshape([n])
+}
+
+/// `t` in `shape`.
+fn shaped(t: Tensor<1>, shape: Shape) -> Any {
+    use burn::backend::ops::FloatTensorOps;
+    Dispatch::float_reshape(t.into_dispatch(), shape)
 }
 
 /// The buffers as a module, so they are written and read like weights (safetensors, every
@@ -180,7 +198,7 @@ impl Optimizer {
     /// PyTorch's SGD: `g += wd·w; b = μb + g (b = g at first); g = nesterov ? g + μb : b`,
     /// one fused op per learning rate for all its parameters ([`ops::sgd_steps`]); without
     /// momentum no buffer is kept.
-    fn sgd(&mut self, items: Vec<Item>) -> HashMap<usize, Tensor<1>> {
+    fn sgd(&mut self, items: Vec<Item>) -> HashMap<usize, Any> {
         let c = self.config.clone();
         // Parameter groups by rate, in first-seen order (bit patterns: rates are finite).
         let mut groups: Vec<(f64, Vec<Item>)> = Vec::new();
@@ -206,7 +224,7 @@ impl Optimizer {
                 .iter()
                 .map(|it| match self.first[it.index].take() {
                     Some(b) => b,
-                    None => Tensor::zeros(it.w.shape(), (&it.w.device(), it.w.dtype())),
+                    None => zeros_like(&it.w),
                 })
                 .collect();
             let index: Vec<usize> = group.iter().map(|it| it.index).collect();
@@ -222,31 +240,33 @@ impl Optimizer {
         updated
     }
 
-    /// PyTorch's AdamW (decoupled weight decay, bias-corrected moments).
-    fn adamw(&mut self, i: usize, w: Tensor<1>, g: Tensor<1>, lr: f64) -> Tensor<1> {
+    /// PyTorch's AdamW (decoupled weight decay, bias-corrected moments), on the flattened values.
+    fn adamw(&mut self, i: usize, w: Any, g: Any, lr: f64) -> Any {
         let c = &self.config;
         let [b1, b2] = c.betas;
         let t = (self.steps + 1) as i32;
+        let shape = w.shape();
+        let (w, g) = (flat(w), flat(g));
         let w = w * (1.0 - lr * c.weight_decay);
-        let m = match self.first[i].take() {
+        let m = match self.first[i].take().map(flat) {
             Some(m) => m * b1 + g.clone() * (1.0 - b1),
             None => g.clone() * (1.0 - b1),
         };
-        let v = match self.second[i].take() {
+        let v = match self.second[i].take().map(flat) {
             Some(v) => v * b2 + g.clone().square() * (1.0 - b2),
             None => g.square() * (1.0 - b2),
         };
         let (bc1, bc2) = (1.0 - b1.powi(t), 1.0 - b2.powi(t));
         let denom = v.clone().sqrt() / bc2.sqrt() + c.epsilon;
         let out = w - m.clone() / denom * (lr / bc1);
-        self.first[i] = Some(m);
-        self.second[i] = Some(v);
-        out
+        self.first[i] = Some(shaped(m, shape.clone()));
+        self.second[i] = Some(shaped(v, shape.clone()));
+        shaped(out, shape)
     }
 
     /// The JSON half of the state.
     pub fn state(&self) -> OptimizerState {
-        let mask = |v: &[Option<Tensor<1>>]| v.iter().map(Option::is_some).collect();
+        let mask = |v: &[Option<Any>]| v.iter().map(Option::is_some).collect();
         OptimizerState {
             steps: self.steps,
             first: mask(&self.first),
@@ -256,10 +276,10 @@ impl Optimizer {
 
     /// Writes the buffers to `path` (safetensors, atomic).
     pub fn save_buffers(&self, path: &Path) -> Result<()> {
-        let params = |v: &[Option<Tensor<1>>]| {
+        let params = |v: &[Option<Any>]| {
             v.iter()
                 .flatten()
-                .map(|t| Param::from_tensor(t.clone()))
+                .map(|t| Param::from_tensor(flat(t.clone())))
                 .collect()
         };
         let buffers = Buffers {
@@ -277,10 +297,8 @@ impl Optimizer {
         p: &Placement,
         path: &Path,
     ) -> Result<Self> {
-        let sizes: Vec<usize> = named(model)
-            .iter()
-            .map(|n| n.shape.iter().product())
-            .collect();
+        let shapes: Vec<Vec<usize>> = named(model).into_iter().map(|n| n.shape).collect();
+        let sizes: Vec<usize> = shapes.iter().map(|s| s.iter().product()).collect();
         let too_long = state.first.len().max(state.second.len()) > sizes.len();
         if too_long {
             return Err(Error::file(
@@ -307,19 +325,21 @@ impl Optimizer {
         Ok(Self {
             config,
             steps: state.steps,
-            first: unmask(&state.first, loaded.first),
-            second: unmask(&state.second, loaded.second),
+            first: unmask(&state.first, &shapes, loaded.first),
+            second: unmask(&state.second, &shapes, loaded.second),
         })
     }
 }
 
-/// Puts the loaded buffers back at the positions the mask marks.
-fn unmask(mask: &[bool], loaded: Vec<Param<Tensor<1>>>) -> Vec<Option<Tensor<1>>> {
+/// Puts the loaded buffers back, in their parameters' shapes, at the positions the mask marks.
+fn unmask(mask: &[bool], shapes: &[Vec<usize>], loaded: Vec<Param<Tensor<1>>>) -> Vec<Option<Any>> {
     let mut it = loaded.into_iter();
     mask.iter()
-        .map(|&present| {
+        .zip(shapes)
+        .map(|(&present, shape)| {
             if present {
-                it.next().map(|t| t.val().detach().without_autodiff())
+                let t = it.next()?.val().detach().without_autodiff();
+                Some(shaped(t, Shape::from(shape.clone())))
             } else {
                 None
             }
@@ -327,12 +347,18 @@ fn unmask(mask: &[bool], loaded: Vec<Param<Tensor<1>>>) -> Vec<Option<Tensor<1>>
         .collect()
 }
 
+/// Zeros shaped, typed and placed as `t`.
+fn zeros_like(t: &Any) -> Any {
+    use burn::backend::ops::FloatTensorOps;
+    Dispatch::float_zeros(t.shape(), &t.device(), t.dtype().into())
+}
+
 /// One trainable parameter with a gradient: its position among the trainable parameters, its
-/// value and gradient flattened and graph-free, and its learning rate.
+/// value and gradient (graph-free), and its learning rate.
 struct Item {
     index: usize,
-    w: Tensor<1>,
-    g: Tensor<1>,
+    w: Any,
+    g: Any,
     lr: f64,
 }
 
@@ -355,12 +381,10 @@ impl ModuleVisitor for Gather<'_> {
         let Some(g) = self.grads.remove::<D>(param.id) else {
             return;
         };
-        let w = param.val().detach().without_autodiff();
-        let n = w.shape().num_elements();
         self.items.push(Item {
             index,
-            w: w.reshape([n]),
-            g: g.detach().without_autodiff().reshape([n]),
+            w: param.val().detach().without_autodiff().into_dispatch(),
+            g: g.detach().without_autodiff().into_dispatch(),
             lr: self.lr * self.scales.get(&param.id).copied().unwrap_or(1.0),
         });
     }
@@ -369,7 +393,7 @@ impl ModuleVisitor for Gather<'_> {
 /// Replaces each trainable parameter [`Gather`] collected by its updated value (counted in the
 /// same traversal order).
 struct Replace {
-    updated: HashMap<usize, Tensor<1>>,
+    updated: HashMap<usize, Any>,
     index: usize,
 }
 
@@ -383,7 +407,7 @@ impl ModuleMapper for Replace {
         let Some(new) = self.updated.remove(&i) else {
             return param;
         };
-        let dims = param.val().dims();
-        Param::initialized(param.id, new.reshape(dims).autodiff().require_grad())
+        let new = Tensor::<D>::from_dispatch(new);
+        Param::initialized(param.id, new.autodiff().require_grad())
     }
 }

@@ -35,10 +35,11 @@ extern "C" {
     ) -> c_int;
 
     #[allow(clippy::too_many_arguments)]
-    fn rode_sgd_step(
-        w: *const C_tensor,
-        g: *const C_tensor,
-        b: *const C_tensor,
+    fn rode_sgd_steps(
+        w: *const *const C_tensor,
+        g: *const *const C_tensor,
+        b: *const *const C_tensor,
+        n: usize,
         lr: f64,
         wd: f64,
         momentum: f64,
@@ -53,18 +54,20 @@ extern "C" {
     fn rode_profile_stop(path: *const c_char, err: *mut c_char, len: usize) -> c_int;
 }
 
-/// Both results of a shim call that fills two handles.
-fn pair(r: [Option<Tensor>; 3], what: &str) -> (Tensor, Tensor) {
-    let missing = || panic!("ATen: {what} returned an undefined tensor");
-    let [a, b, _] = r;
-    (a.unwrap_or_else(missing), b.unwrap_or_else(missing))
+/// Runs one shim call that fills three result handles.
+fn call(f: impl FnOnce(*mut *mut C_tensor, *mut c_char, usize) -> c_int) -> [Option<Tensor>; 3] {
+    let mut r = call_n(3, f).into_iter();
+    [(); 3].map(|_| r.next().flatten())
 }
 
-/// Runs one shim call that fills three result handles. An ATen error is a bug of ours (shapes
+/// Runs one shim call that fills `n` result handles. An ATen error is a bug of ours (shapes
 /// and dtypes are fixed by the model), so it panics with ATen's message, as tch's own
 /// bindings do.
-fn call(f: impl FnOnce(*mut *mut C_tensor, *mut c_char, usize) -> c_int) -> [Option<Tensor>; 3] {
-    let mut out = [std::ptr::null_mut::<C_tensor>(); 3];
+fn call_n(
+    n: usize,
+    f: impl FnOnce(*mut *mut C_tensor, *mut c_char, usize) -> c_int,
+) -> Vec<Option<Tensor>> {
+    let mut out = vec![std::ptr::null_mut::<C_tensor>(); n];
     let mut err = [0 as c_char; 1024];
     if f(out.as_mut_ptr(), err.as_mut_ptr(), err.len()) != 0 {
         // SAFETY: the shim wrote a NUL-terminated message into `err` (zeroed, NUL at its end).
@@ -73,7 +76,9 @@ fn call(f: impl FnOnce(*mut *mut C_tensor, *mut c_char, usize) -> c_int) -> [Opt
     }
     // SAFETY: each non-null handle is a fresh `at::Tensor*` allocated by the shim with `new`,
     // owned by nobody else; tch's `Tensor` frees it with `delete` on drop.
-    out.map(|p| (!p.is_null()).then(|| unsafe { Tensor::from_ptr(p) }))
+    out.into_iter()
+        .map(|p| (!p.is_null()).then(|| unsafe { Tensor::from_ptr(p) }))
+        .collect()
 }
 
 /// The gradients of the 3×3 stride-1 padding-1 convolution that `mask` asks for (bit 0: `x`,
@@ -137,14 +142,31 @@ pub fn bn_backward(
     )
 }
 
-/// `(w', b')` of one SGD step with momentum (see `shim.cpp`).
-pub fn sgd_step(w: &Tensor, g: &Tensor, b: &Tensor, rule: crate::ops::SgdRule) -> (Tensor, Tensor) {
-    // SAFETY: as in `conv3x3_backward`.
-    let r = call(|out, err, len| unsafe {
-        rode_sgd_step(
-            w.as_ptr(),
-            g.as_ptr(),
-            b.as_ptr(),
+/// `(w'ᵢ, b'ᵢ)` of one SGD step with momentum of every tensor `wᵢ` (gradient `gᵢ`, buffer
+/// `bᵢ`), ATen's multi-tensor ops (see `shim.cpp`).
+pub fn sgd_steps(
+    w: &[&Tensor],
+    g: &[&Tensor],
+    b: &[&Tensor],
+    rule: crate::ops::SgdRule,
+) -> (Vec<Tensor>, Vec<Tensor>) {
+    let n = w.len();
+    assert!(
+        g.len() == n && b.len() == n,
+        "SGD: {n} weights, {} gradients, {} buffers",
+        g.len(),
+        b.len()
+    );
+    let ptrs = |v: &[&Tensor]| v.iter().map(|t| t.as_ptr()).collect::<Vec<_>>();
+    let (pw, pg, pb) = (ptrs(w), ptrs(g), ptrs(b));
+    // SAFETY: the 3n handles are live tch tensors borrowed for the call (the shim copies the
+    // handles, not the data, and keeps none); `out` has room for the 2n results.
+    let r = call_n(2 * n, |out, err, len| unsafe {
+        rode_sgd_steps(
+            pw.as_ptr(),
+            pg.as_ptr(),
+            pb.as_ptr(),
+            n,
             rule.lr,
             rule.weight_decay,
             rule.momentum,
@@ -154,7 +176,11 @@ pub fn sgd_step(w: &Tensor, g: &Tensor, b: &Tensor, rule: crate::ops::SgdRule) -
             len,
         )
     });
-    pair(r, "the SGD step")
+    let mut r = r
+        .into_iter()
+        .map(|t| t.unwrap_or_else(|| panic!("ATen: the SGD step returned an undefined tensor")));
+    let ws = r.by_ref().take(n).collect();
+    (ws, r.collect())
 }
 
 /// Runs a shim call that returns only success or ATen's message.

@@ -85,19 +85,31 @@ int rode_bn_backward(const at::Tensor *x, const at::Tensor *gamma, const at::Ten
   }
 }
 
-// One SGD step with momentum, PyTorch's rule: d = g + wd w; b' = momentum b + d;
-// s = nesterov ? d + momentum b' : b'; w' = w - lr s. out = {w', b'}. ATen's `add` with
-// `alpha` is one pass per line, where composing the products costs a pass (and a wrapped
-// scalar) each.
-int rode_sgd_step(const at::Tensor *w, const at::Tensor *g, const at::Tensor *b, double lr,
-                  double wd, double momentum, int nesterov, at::Tensor **out, char *err,
-                  size_t len) {
+// One SGD step with momentum of n tensors, PyTorch's rule: d = g + wd w; b' = momentum b + d;
+// s = nesterov ? d + momentum b' : b'; w' = w - lr s. out = {w'_0..w'_{n-1}, b'_0..b'_{n-1}}.
+// ATen's multi-tensor ops, as PyTorch's `foreach` SGD: on CUDA a few kernels for the whole list
+// (one per chunk of tensors); on the CPU a loop of the per-tensor ops. Each line is one `add`
+// with `alpha` per tensor, so the values are those of the per-tensor rule, to the bit. Out of
+// place: a parameter may share its storage with another module's (`params::independent_copy`).
+int rode_sgd_steps(const at::Tensor *const *w, const at::Tensor *const *g,
+                   const at::Tensor *const *b, size_t n, double lr, double wd, double momentum,
+                   int nesterov, at::Tensor **out, char *err, size_t len) {
   try {
-    at::Tensor d = wd > 0 ? at::add(*g, *w, wd) : *g;
-    at::Tensor nb = at::add(d, *b, momentum);
-    at::Tensor s = nesterov ? at::add(d, nb, momentum) : nb;
-    put(at::sub(*w, s, lr), &out[0]);
-    put(nb, &out[1]);
+    auto list = [n](const at::Tensor *const *t) {
+      std::vector<at::Tensor> v;
+      v.reserve(n);
+      for (size_t i = 0; i < n; ++i) v.push_back(*t[i]);
+      return v;
+    };
+    std::vector<at::Tensor> ws = list(w), gs = list(g), bs = list(b);
+    std::vector<at::Tensor> d = wd > 0 ? at::_foreach_add(gs, ws, wd) : gs;
+    std::vector<at::Tensor> nb = at::_foreach_add(d, bs, momentum);
+    std::vector<at::Tensor> s = nesterov ? at::_foreach_add(d, nb, momentum) : nb;
+    std::vector<at::Tensor> nw = at::_foreach_sub(ws, s, lr);
+    for (size_t i = 0; i < n; ++i) {
+      put(nw[i], &out[i]);
+      put(nb[i], &out[n + i]);
+    }
     return 0;
   } catch (const std::exception &e) {
     return fail(e, err, len);
