@@ -131,6 +131,11 @@ impl<'a> Norm<'a> {
         Some(BnStats { mean, var })
     }
 
+    /// Whether this evaluation records its statistics (a store is attached).
+    fn records(&self) -> bool {
+        self.stats.is_some()
+    }
+
     fn record(&mut self, mean: Tensor<1>, var: Tensor<1>) {
         if self.stats.is_some() {
             self.pending.push(mean.without_autodiff());
@@ -212,8 +217,10 @@ impl BatchNorm {
     }
 
     /// The training-time passes (`ops::batch_norm`: flex's or ATen's kernels, burn's ops on
-    /// CubeCL): statistics, then one normalisation whose backward is batch norm's (at the batch
-    /// statistics) or the straight-through one (at the cached statistics), with the ReLU fused.
+    /// CubeCL), the ReLU fused: at the cached statistics a normalisation with the
+    /// straight-through backward; where the statistics are recorded (the adjoint's forward)
+    /// statistics, then a normalisation with them; elsewhere one training-mode batch norm
+    /// (LibTorch: one ATen op, as PyTorch's).
     fn batch<const D: usize>(
         &self,
         x: Tensor<D>,
@@ -221,21 +228,26 @@ impl BatchNorm {
         norm: &mut Norm,
         relu: bool,
     ) -> Tensor<D> {
+        let eps = self.epsilon;
         let cached = match (norm.phase, norm.mode) {
             (Phase::Reconstruct | Phase::Vjp, BnMode::Cached) => norm.cached(g.dims()[0]),
             _ => None,
         };
-        let given = cached.is_some();
-        let (mean, var) = match cached {
-            Some(s) => (like(s.mean, &x), like(s.var, &x)),
-            None if norm.phase == Phase::Forward => {
-                let (mean, var) = self.update_running(x.clone());
-                norm.record(mean.clone(), var.clone());
-                (mean, var)
-            }
-            None => batch_norm::statistics(x.clone()),
-        };
-        batch_norm::normalize(x, [g, b, mean, var], self.epsilon, relu, given)
+        if let Some(s) = cached {
+            let (mean, var) = (like(s.mean, &x), like(s.var, &x));
+            return batch_norm::normalize(x, [g, b, mean, var], eps, relu, true);
+        }
+        let update = norm.phase == Phase::Forward;
+        if update && norm.records() {
+            let (mean, var) = self.update_running(x.clone());
+            norm.record(mean.clone(), var.clone());
+            return batch_norm::normalize(x, [g, b, mean, var], eps, relu, false);
+        }
+        let running = [&self.running_mean, &self.running_var].map(|r| like(r.value_sync(), &x));
+        let momentum = self.momentum;
+        let (y, updated) = batch_norm::train(x, [g, b], running, [momentum, eps], relu, update);
+        self.store_running(updated);
+        y
     }
 
     fn with_running<const D: usize>(&self, x: Tensor<D>, g: Tensor<1>, b: Tensor<1>) -> Tensor<D> {
@@ -251,10 +263,15 @@ impl BatchNorm {
         let rm = like(self.running_mean.value_sync(), &x);
         let rv = like(self.running_var.value_sync(), &x);
         let (mean, var, updated) = batch_norm::update_statistics(x, [rm, rv], self.momentum);
+        self.store_running(updated);
+        (mean, var)
+    }
+
+    /// Stores running statistics computed as new tensors (`None`: updated in place).
+    fn store_running(&self, updated: Option<(Tensor<1>, Tensor<1>)>) {
         if let Some((rm, rv)) = updated {
             self.running_mean.update(rm.without_autodiff());
             self.running_var.update(rv.without_autodiff());
         }
-        (mean, var)
     }
 }

@@ -255,7 +255,7 @@ fn batch_norm_against_composition(
 ) {
     use burn::tensor::activation::relu;
     use burn::tensor::module::batch_norm_train;
-    use resnet_ode::ops::batch_norm::{normalize, statistics};
+    use resnet_ode::ops::batch_norm::{normalize, statistics, train};
     let shapes = [[6, 16, 10, 10], [1, 3, 2, 5], [2, 1, 1, 1], [5, 17, 3, 1]];
     for &precision in precisions {
         let p = place(precision);
@@ -278,7 +278,25 @@ fn batch_norm_against_composition(
             type Bn = Box<dyn Fn(Tensor<4>, Tensor<1>, Tensor<1>) -> Tensor<4>>;
             let (mc2, vc2, mc3, vc3) = (mc.clone(), vc.clone(), mc.clone(), vc.clone());
             let (mc4, vc4, mc5, vc5) = (mc.clone(), vc.clone(), mc.clone(), vc.clone());
+            let (rm, rv) = (mc.clone().without_autodiff(), vc.clone().without_autodiff());
+            let (rm2, rv2) = (rm.clone(), rv.clone());
             let cases: Vec<(&str, Bn, Bn)> = vec![
+                (
+                    "training mode + relu",
+                    Box::new(move |x, g, b| {
+                        let running = [rm.clone(), rv.clone()];
+                        train(x, [g, b], running, [0.1, 1e-5], true, false).0
+                    }),
+                    Box::new(|x, g, b| relu(batch_norm_train(x, g, b, 1e-5).output)),
+                ),
+                (
+                    "training mode",
+                    Box::new(move |x, g, b| {
+                        let running = [rm2.clone(), rv2.clone()];
+                        train(x, [g, b], running, [0.1, 1e-5], false, false).0
+                    }),
+                    Box::new(|x, g, b| batch_norm_train(x, g, b, 1e-5).output),
+                ),
                 (
                     "batch statistics + relu",
                     Box::new(|x, g, b| {
@@ -549,8 +567,9 @@ fn sgd_step_follows_pytorchs_rule_on_libtorch() {
 
 /// `ops::batch_norm::update_statistics` against the batch mean and biased variance of a
 /// `[n, 19, 3]` input and PyTorch's running rule `(1 − m)·r + m·s`, the variance's batch value
-/// made unbiased by `M/(M − 1)` (M = 12; and M = 1, where the variance is 0 and unbias 1). Where
-/// the device updates in place (LibTorch) the running tensors passed in hold the new values.
+/// made unbiased by `M/(M − 1)` (M = 12; and M = 1, where the variance is 0 and unbias 1); the
+/// training-mode batch norm's update too. Where the device updates in place (LibTorch) the
+/// running tensors passed in hold the new values.
 fn update_statistics_against_reference(p: &Placement, tol: f64) {
     let mut rng = Rng::new(12);
     let (c, k, m) = (19, 3, 0.1);
@@ -561,8 +580,14 @@ fn update_statistics_against_reference(p: &Placement, tol: f64) {
         let t = |v: &[f64]| p.tensor(v.to_vec(), [c]).without_autodiff();
         let (rm, rv) = (t(&r_mean), t(&r_var));
         let x = p.tensor(xs.clone(), [n, c, k]).without_autodiff();
-        let (mean, var, updated) = batch_norm::update_statistics(x, [rm.clone(), rv.clone()], m);
+        let (mean, var, updated) =
+            batch_norm::update_statistics(x.clone(), [rm.clone(), rv.clone()], m);
         let (rm, rv) = updated.unwrap_or((rm, rv));
+        let (rm_t, rv_t) = (t(&r_mean), t(&r_var));
+        let (gamma, beta) = (t(&vec![1.0; c]), t(&vec![0.0; c]));
+        let running = [rm_t.clone(), rv_t.clone()];
+        let (_, trained) = batch_norm::train(x, [gamma, beta], running, [m, 1e-5], false, true);
+        let (rm_t, rv_t) = trained.unwrap_or((rm_t, rv_t));
         let count = (n * k) as f64;
         let values = |j: usize| (0..n).flat_map(move |i| (0..k).map(move |l| (i * c + j) * k + l));
         let mu: Vec<f64> = (0..c)
@@ -590,6 +615,13 @@ fn update_statistics_against_reference(p: &Placement, tol: f64) {
             &["mean", "var", "running mean", "running var"],
             &[to_vec(&mean), to_vec(&var), to_vec(&rm), to_vec(&rv)],
             &reference,
+            tol,
+        );
+        assert_close(
+            &format!("{context} (training mode)"),
+            &["running mean", "running var"],
+            &[to_vec(&rm_t), to_vec(&rv_t)],
+            &reference[2..],
             tol,
         );
     }

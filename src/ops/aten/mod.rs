@@ -24,7 +24,8 @@ extern "C" {
         x: *const C_tensor,
         gamma: *const C_tensor,
         mean: *const C_tensor,
-        var: *const C_tensor,
+        spread: *const C_tensor,
+        is_invstd: c_int,
         relu_out: *const C_tensor,
         grad: *const C_tensor,
         eps: f64,
@@ -104,19 +105,24 @@ pub fn conv3x3_backward(
     })
 }
 
-/// `(dx, dγ, dβ)` of batch normalisation with the given statistics, the ReLU's mask read from
-/// `relu_out` when there is one; `given`: the statistics are not `x`'s own (see `shim.cpp`).
+/// `(dx, dγ, dβ)` of batch normalisation with the given statistics (`spread`: the variance, or
+/// 1/√(var + ε) as ATen's training forward saves it), the ReLU's mask read from `relu_out` when
+/// there is one; `given`: the statistics are not `x`'s own (see `shim.cpp`).
 #[allow(clippy::too_many_arguments)]
 pub fn bn_backward(
     x: &Tensor,
     gamma: &Tensor,
     mean: &Tensor,
-    var: &Tensor,
+    spread: Spread<'_>,
     relu_out: Option<&Tensor>,
     grad: &Tensor,
     epsilon: f64,
     given: bool,
 ) -> (Tensor, Tensor, Tensor) {
+    let (spread, is_invstd) = match spread {
+        Spread::Var(t) => (t, 0),
+        Spread::InvStd(t) => (t, 1),
+    };
     let relu_out = relu_out.map_or(std::ptr::null(), Tensor::as_ptr);
     // SAFETY: as in `conv3x3_backward`; `relu_out` is null or a live handle.
     let [dx, dg, db] = call(|out, err, len| unsafe {
@@ -124,7 +130,8 @@ pub fn bn_backward(
             x.as_ptr(),
             gamma.as_ptr(),
             mean.as_ptr(),
-            var.as_ptr(),
+            spread.as_ptr(),
+            is_invstd,
             relu_out,
             grad.as_ptr(),
             epsilon,
@@ -140,6 +147,14 @@ pub fn bn_backward(
         dg.unwrap_or_else(missing),
         db.unwrap_or_else(missing),
     )
+}
+
+/// A batch norm's per-channel spread as its backward receives it.
+pub enum Spread<'a> {
+    /// The biased variance.
+    Var(&'a Tensor),
+    /// 1/√(var + ε), saved by ATen's training forward.
+    InvStd(&'a Tensor),
 }
 
 /// `(w'ᵢ, b'ᵢ)` of one SGD step with momentum of every tensor `wᵢ` (gradient `gᵢ`, buffer

@@ -51,15 +51,18 @@ int rode_conv3x3_backward(const at::Tensor *x, const at::Tensor *weight, const a
 
 // (dx, dgamma, dbeta) of y = gamma (x - mean)/sqrt(var + eps) + beta (then a ReLU whose output
 // is `relu_out`, or none when null), differentiated as batch normalisation over every dimension
-// but 1 at x's own statistics. When `given` is set the statistics are not x's own (the
-// adjoint's cached ones): ATen's backward centres on `mean`, so dx is moved per channel to
-// centre on x's own mean instead (the straight-through derivative, see batch_norm/kernel.rs).
+// but 1 at x's own statistics. `spread` is var, or with `is_invstd` 1/sqrt(var + eps) as ATen's
+// training forward saved it (no `add` and `rsqrt` then). When `given` is set the statistics are
+// not x's own (the adjoint's cached ones): ATen's backward centres on `mean`, so dx is moved per
+// channel to centre on x's own mean instead (the straight-through derivative, see
+// batch_norm/kernel.rs).
 int rode_bn_backward(const at::Tensor *x, const at::Tensor *gamma, const at::Tensor *mean,
-                     const at::Tensor *var, const at::Tensor *relu_out, const at::Tensor *grad,
-                     double eps, int given, at::Tensor **out, char *err, size_t len) {
+                     const at::Tensor *spread, int is_invstd, const at::Tensor *relu_out,
+                     const at::Tensor *grad, double eps, int given, at::Tensor **out, char *err,
+                     size_t len) {
   try {
     at::Tensor g = relu_out ? at::threshold_backward(*grad, *relu_out, 0) : *grad;
-    at::Tensor invstd = (*var + eps).rsqrt();
+    at::Tensor invstd = is_invstd ? *spread : (*spread + eps).rsqrt();
     auto r = at::native_batch_norm_backward(g, *x, *gamma, {}, {}, *mean, invstd, true, eps,
                                             {true, true, true});
     at::Tensor dx = std::get<0>(r), dgamma = std::get<1>(r), dbeta = std::get<2>(r);

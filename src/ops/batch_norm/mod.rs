@@ -93,6 +93,61 @@ pub trait BatchNormOps: Backend {
         let (rm, rv) = composed::running::<Self>(stats, momentum, unbias);
         (mean, var, rm, rv)
     }
+
+    /// Batch normalisation in training mode: `x` normalised at its own batch statistics (then
+    /// the ReLU if `relu`), differentiated as batch normalisation, and with `update` the running
+    /// statistics blended as [`BatchNormOps::bn_update_statistics`] blends them (LibTorch in
+    /// place). Returns `(y, mean, saved, rm', rv')`: the batch mean and `saved`, what
+    /// [`BatchNormOps::bn_train_backward`] takes (the biased variance; on LibTorch
+    /// 1/√(var + ε), which ATen's training kernel saves: one op for statistics, running update
+    /// and normalisation where the separate ops took two, and none for the backward's
+    /// 1/√(var + ε) where it took two), then the running statistics (`rm`, `rv` themselves
+    /// without `update`).
+    #[allow(clippy::too_many_arguments, clippy::type_complexity)]
+    fn bn_train(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        rm: FloatTensor<Self>,
+        rv: FloatTensor<Self>,
+        momentum: f64,
+        epsilon: f64,
+        relu: bool,
+        update: bool,
+    ) -> (
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+    ) {
+        let (mean, var, rm, rv) = match update {
+            true => Self::bn_update_statistics(x.clone(), rm, rv, momentum),
+            false => {
+                let (mean, var) = Self::bn_statistics(x.clone());
+                (mean, var, rm, rv)
+            }
+        };
+        let stats = (mean.clone(), var.clone());
+        let y = Self::bn_normalize(x, gamma, beta, stats.0, stats.1, epsilon, relu, false);
+        (y, mean, var, rm, rv)
+    }
+
+    /// `(dx, dγ, dβ)` of [`BatchNormOps::bn_train`] from its mean and `saved`, given its output
+    /// `y` (the ReLU's mask).
+    #[allow(clippy::too_many_arguments)]
+    fn bn_train_backward(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        mean: FloatTensor<Self>,
+        saved: FloatTensor<Self>,
+        y: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        epsilon: f64,
+        relu: bool,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        Self::bn_backward(x, gamma, mean, saved, y, grad, epsilon, relu, false)
+    }
 }
 
 #[cfg(any(feature = "cuda", feature = "vulkan", feature = "wgpu"))]
@@ -191,24 +246,67 @@ impl BatchNormOps for burn::backend::LibTorch {
     ) {
         libtorch::update_statistics(x, rm, rv, momentum)
     }
+
+    #[allow(clippy::type_complexity)]
+    fn bn_train(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        rm: FloatTensor<Self>,
+        rv: FloatTensor<Self>,
+        momentum: f64,
+        epsilon: f64,
+        relu: bool,
+        update: bool,
+    ) -> (
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+    ) {
+        libtorch::train(x, gamma, beta, rm, rv, momentum, epsilon, relu, update)
+    }
+
+    fn bn_train_backward(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        mean: FloatTensor<Self>,
+        saved: FloatTensor<Self>,
+        y: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        epsilon: f64,
+        relu: bool,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        libtorch::train_backward(x, [gamma, mean, saved, y, grad], epsilon, relu)
+    }
 }
 
 #[derive(Debug)]
 struct NormalizeBackward;
 
-/// What the backward keeps: the checkpointed `x` and γ, the statistics used, the output (only
-/// when a ReLU's mask is needed), ε, whether there is a ReLU and whether the statistics are
-/// given.
-type NormalizeState<B> = (
-    NodeId,
-    NodeId,
-    FloatTensor<B>,
-    FloatTensor<B>,
-    Option<FloatTensor<B>>,
-    f64,
-    bool,
-    bool,
-);
+/// Where a normalisation's statistics came from, which decides its backward.
+#[derive(Debug, Clone, Copy)]
+enum Source {
+    /// [`BatchNormOps::bn_normalize`]; `given`: not `x`'s own (straight-through backward).
+    Normalize { given: bool },
+    /// [`BatchNormOps::bn_train`]: `spread` is the backend's `saved`.
+    Train,
+}
+
+/// What the backward keeps: the checkpointed `x` and γ, the mean and spread of the statistics,
+/// the output (only when a ReLU's mask is needed), ε, the ReLU and the statistics' source.
+#[derive(Debug, Clone)]
+struct NormalizeState<B: Backend> {
+    x: NodeId,
+    gamma: NodeId,
+    mean: FloatTensor<B>,
+    spread: FloatTensor<B>,
+    y: Option<FloatTensor<B>>,
+    epsilon: f64,
+    relu: bool,
+    source: Source,
+}
 
 impl<B: Backend + BatchNormOps> Backward<B, 3> for NormalizeBackward {
     type State = NormalizeState<B>;
@@ -216,13 +314,18 @@ impl<B: Backend + BatchNormOps> Backward<B, 3> for NormalizeBackward {
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, cp: &mut Checkpointer) {
         let [node_x, node_gamma, node_beta] = ops.parents;
         let grad = grads.consume::<B>(&ops.node);
-        let (x_state, gamma_state, mean, var, y, epsilon, relu, given) = ops.state;
-        let x = cp.retrieve_node_output::<FloatTensor<B>>(x_state);
-        let gamma = cp.retrieve_node_output::<FloatTensor<B>>(gamma_state);
+        let st = ops.state;
+        let x = cp.retrieve_node_output::<FloatTensor<B>>(st.x);
+        let gamma = cp.retrieve_node_output::<FloatTensor<B>>(st.gamma);
         // Without a ReLU the output is not read: pass the gradient in its place.
-        let y = y.unwrap_or_else(|| grad.clone());
-        let (dx, dgamma, dbeta) =
-            B::bn_backward(x, gamma, mean, var, y, grad, epsilon, relu, given);
+        let y = st.y.unwrap_or_else(|| grad.clone());
+        let (mean, spread, eps, relu) = (st.mean, st.spread, st.epsilon, st.relu);
+        let (dx, dgamma, dbeta) = match st.source {
+            Source::Normalize { given } => {
+                B::bn_backward(x, gamma, mean, spread, y, grad, eps, relu, given)
+            }
+            Source::Train => B::bn_train_backward(x, gamma, mean, spread, y, grad, eps, relu),
+        };
         for (node, g) in [(node_x, dx), (node_gamma, dgamma), (node_beta, dbeta)] {
             if let Some(node) = node {
                 grads.register::<B>(node.id, g);
@@ -268,8 +371,16 @@ impl<B: Backend + BatchNormOps, C: CheckpointStrategy> BatchNormOps for Autodiff
                     relu,
                     given,
                 );
-                let kept = relu.then(|| y.clone());
-                let state = (x_state, gamma_state, mean, var, kept, epsilon, relu, given);
+                let state = NormalizeState {
+                    x: x_state,
+                    gamma: gamma_state,
+                    mean,
+                    spread: var,
+                    y: relu.then(|| y.clone()),
+                    epsilon,
+                    relu,
+                    source: Source::Normalize { given },
+                };
                 prep.finish(state, y)
             }
             OpsKind::UnTracked(prep) => prep.finish(B::bn_normalize(
@@ -283,6 +394,81 @@ impl<B: Backend + BatchNormOps, C: CheckpointStrategy> BatchNormOps for Autodiff
                 given,
             )),
         }
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn bn_train(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        rm: FloatTensor<Self>,
+        rv: FloatTensor<Self>,
+        momentum: f64,
+        epsilon: f64,
+        relu: bool,
+        update: bool,
+    ) -> (
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+    ) {
+        let (rm, rv) = (rm.into_primitive(), rv.into_primitive());
+        let new = FloatTensor::<Self>::new;
+        let prepared = NormalizeBackward
+            .prepare::<C>([x.node(), gamma.node(), beta.node()])
+            .compute_bound()
+            .stateful();
+        let train = |x: FloatTensor<Self>, gamma: FloatTensor<Self>, beta: FloatTensor<Self>| {
+            let [x, gamma, beta] = [x, gamma, beta].map(|t| t.into_primitive());
+            B::bn_train(x, gamma, beta, rm, rv, momentum, epsilon, relu, update)
+        };
+        match prepared {
+            OpsKind::Tracked(mut prep) => {
+                let (x_state, gamma_state) = (prep.checkpoint(&x), prep.checkpoint(&gamma));
+                let (y, mean, saved, rm, rv) = train(x, gamma, beta);
+                let state = NormalizeState {
+                    x: x_state,
+                    gamma: gamma_state,
+                    mean: mean.clone(),
+                    spread: saved.clone(),
+                    y: relu.then(|| y.clone()),
+                    epsilon,
+                    relu,
+                    source: Source::Train,
+                };
+                (
+                    prep.finish(state, y),
+                    new(mean),
+                    new(saved),
+                    new(rm),
+                    new(rv),
+                )
+            }
+            OpsKind::UnTracked(prep) => {
+                let (y, mean, saved, rm, rv) = train(x, gamma, beta);
+                (prep.finish(y), new(mean), new(saved), new(rm), new(rv))
+            }
+        }
+    }
+
+    /// Values only (never differentiated again).
+    fn bn_train_backward(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        mean: FloatTensor<Self>,
+        saved: FloatTensor<Self>,
+        y: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        epsilon: f64,
+        relu: bool,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let [x, gamma, mean, saved, y, grad] =
+            [x, gamma, mean, saved, y, grad].map(|t| t.into_primitive());
+        let (dx, dg, db) = B::bn_train_backward(x, gamma, mean, saved, y, grad, epsilon, relu);
+        let new = FloatTensor::<Self>::new;
+        (new(dx), new(dg), new(db))
     }
 
     /// Values only (never differentiated again).
@@ -377,4 +563,34 @@ pub fn update_statistics<const D: usize>(
         <Dispatch as BatchNormOps>::bn_update_statistics(x.into_dispatch(), rm, rv, momentum);
     let [mean, var, rm, rv] = [mean, var, rm, rv].map(Tensor::from_dispatch);
     (mean, var, (!in_place).then_some((rm, rv)))
+}
+
+/// Batch normalisation in training mode at `x`'s own statistics (then the ReLU if `relu`),
+/// differentiated as batch normalisation; with `update` the running statistics `[rm, rv]` after
+/// this batch come back, `None` where the device updated them in place (LibTorch; see
+/// [`update_statistics`]).
+pub fn train<const D: usize>(
+    x: Tensor<D>,
+    [gamma, beta]: [Tensor<1>; 2],
+    [rm, rv]: [Tensor<1>; 2],
+    [momentum, epsilon]: [f64; 2],
+    relu: bool,
+    update: bool,
+) -> (Tensor<D>, Option<(Tensor<1>, Tensor<1>)>) {
+    let in_place = is_libtorch(&x.device());
+    let [gamma, beta, rm, rv] = [gamma, beta, rm, rv].map(Tensor::into_dispatch);
+    let (y, _, _, rm, rv) = <Dispatch as BatchNormOps>::bn_train(
+        x.into_dispatch(),
+        gamma,
+        beta,
+        rm,
+        rv,
+        momentum,
+        epsilon,
+        relu,
+        update,
+    );
+    let running =
+        (update && !in_place).then(|| (Tensor::from_dispatch(rm), Tensor::from_dispatch(rv)));
+    (Tensor::from_dispatch(y), running)
 }
