@@ -95,6 +95,9 @@ pub struct TrainBenchRecord {
     /// excluded.
     pub activation_peak_bytes: usize,
     pub device: String,
+    /// The batch-norm policy (`cached` in records written before it was a choice).
+    #[serde(default)]
+    pub bn: BnMode,
 }
 
 /// One configuration to measure.
@@ -111,6 +114,9 @@ pub struct TrainBench {
     pub seed: u64,
     /// The `--device` string, copied into the record.
     pub device: String,
+    /// Batch-norm policy under the adjoint (`recompute` is the paper's: batch statistics of the
+    /// reconstructed input).
+    pub bn: BnMode,
     /// Write a profiler trace of one more step, after the timed ones, into this folder.
     pub trace: Option<PathBuf>,
 }
@@ -132,13 +138,18 @@ impl TrainBench {
         }
     }
 
-    /// The trace's file name: model, depth, scheme and mode, e.g. `tiny16-euler-adjoint`.
+    /// The trace's file name: model, depth, scheme and mode, e.g. `tiny16-euler-adjoint`, and
+    /// the batch-norm policy where it is not the default (`tiny16-euler-adjoint-recompute`).
     pub fn name(&self) -> String {
         let model = match self.model {
             BenchModel::Tiny => format!("tiny{}", self.depth),
             BenchModel::CifarResNet(_) => self.model.to_string(),
         };
-        format!("{model}-{}-{}", self.scheme, self.mode).replace(':', "")
+        let bn = match self.bn {
+            BnMode::Cached => String::new(),
+            other => format!("-{other}"),
+        };
+        format!("{model}-{}-{}{bn}", self.scheme, self.mode).replace(':', "")
     }
 
     /// The record's `depth`: N for TinyResNet, the layer count for a CIFAR ResNet.
@@ -216,6 +227,7 @@ pub fn measure(p: &Placement, cfg: &TrainBench) -> Result<TrainBenchRecord> {
         images_per_sec: cfg.batch as f64 / (step_ms / 1e3).max(1e-12),
         activation_peak_bytes: peak,
         device: cfg.device.clone(),
+        bn: cfg.bn,
     })
 }
 
@@ -230,7 +242,7 @@ fn step(
     k: usize,
 ) -> Result<(Model, usize)> {
     let gradients = || {
-        let grads = step_gradients(&model, batch, cfg.mode, BnMode::Cached);
+        let grads = step_gradients(&model, batch, cfg.mode, cfg.bn);
         // A GPU reading must see the whole step: wait for the device.
         let _ = p.device.sync();
         grads

@@ -131,13 +131,14 @@ impl<'a> Norm<'a> {
         Some(BnStats { mean, var })
     }
 
-    /// Whether this evaluation records its statistics (a store is attached).
+    /// Whether this evaluation records its statistics: a store is attached and the policy
+    /// reads them back (`cached`; `recompute` and `frozen` never do).
     fn records(&self) -> bool {
-        self.stats.is_some()
+        self.stats.is_some() && self.mode == BnMode::Cached
     }
 
     fn record(&mut self, mean: Tensor<1>, var: Tensor<1>) {
-        if self.stats.is_some() {
+        if self.records() {
             self.pending.push(mean.without_autodiff());
             self.pending.push(var.without_autodiff());
         }

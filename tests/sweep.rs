@@ -6,6 +6,7 @@ use resnet_ode::device::{Placement, Precision};
 use resnet_ode::experiments::depth_sweep::{self, Config, Data, GradRow, RunRow};
 use resnet_ode::experiments::write_outcome;
 use resnet_ode::grad::GradMode;
+use resnet_ode::norm::BnMode;
 use resnet_ode::scheme::Scheme;
 use resnet_ode::train::TrainConfig;
 use std::path::{Path, PathBuf};
@@ -223,6 +224,7 @@ fn bench(model: BenchModel, depth: usize, mode: GradMode) -> TrainBench {
         steps: 2,
         seed: 0,
         device: "flex".into(),
+        bn: BnMode::Cached,
         trace: None,
     }
 }
@@ -282,8 +284,21 @@ fn bench_train_rejects_bad_settings() {
     assert!(e.contains("--trace") && e.contains("libtorch"), "{e}");
 }
 
+/// Trace files keep session 15's names under the default batch-norm policy and say any other.
+#[test]
+fn bench_train_trace_names_say_a_non_default_batch_norm() {
+    let cached = bench(BenchModel::Tiny, 16, GradMode::Adjoint);
+    assert_eq!(cached.name(), "tiny16-euler-adjoint");
+    let recompute = TrainBench {
+        bn: BnMode::Recompute,
+        ..cached
+    };
+    assert_eq!(recompute.name(), "tiny16-euler-adjoint-recompute");
+}
+
 /// The binary (with its counting allocator) writes records with exactly the fields
-/// `bench/pytorch/compare.py` reads, and the adjoint needs less activation memory.
+/// `bench/pytorch/compare.py` reads and the batch-norm policy asked (through the child
+/// processes), and the adjoint needs less activation memory.
 #[test]
 fn bench_train_cli_writes_json() {
     let dir = temp_dir("bench");
@@ -299,6 +314,8 @@ fn bench_train_cli_writes_json() {
         "8",
         "--steps",
         "1",
+        "--bn",
+        "recompute",
         "--json",
         json.to_str().unwrap(),
     ]);
@@ -323,6 +340,7 @@ fn bench_train_cli_writes_json() {
         "images_per_sec",
         "activation_peak_bytes",
         "device",
+        "bn",
     ];
     want.sort_unstable();
     assert_eq!(keys, want);
@@ -332,6 +350,12 @@ fn bench_train_cli_writes_json() {
         (bp.mode.as_str(), adj.mode.as_str()),
         ("backprop", "adjoint")
     );
+    assert_eq!((bp.bn, adj.bn), (BnMode::Recompute, BnMode::Recompute));
+    // Records written before the policy was a choice read as the default.
+    let mut old = records[0].clone();
+    old.as_object_mut().unwrap().remove("bn");
+    let old: TrainBenchRecord = serde_json::from_value(old).unwrap();
+    assert_eq!(old.bn, BnMode::Cached);
     assert!(
         adj.activation_peak_bytes > 0 && adj.activation_peak_bytes < bp.activation_peak_bytes,
         "{bp:?} {adj:?}"

@@ -170,6 +170,7 @@ fn train_child_args(a: &TrainBenchArgs, cfg: &TrainBench) -> Vec<String> {
         ("--batch", cfg.batch.to_string()),
         ("--steps", cfg.steps.to_string()),
         ("--seed", cfg.seed.to_string()),
+        ("--bn", cfg.bn.to_string()),
     ];
     let trace = cfg
         .trace
@@ -290,8 +291,13 @@ pub struct TrainBenchArgs {
     steps: usize,
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Batch-norm policy under the adjoint: cached (default: the forward's statistics,
+    /// straight-through), frozen, recompute (the paper's adjoint: batch statistics of the
+    /// reconstructed input).
+    #[arg(long, default_value = "cached")]
+    bn: String,
     /// Write the records (model, depth, scheme, mode, batch, step_ms, images_per_sec,
-    /// activation_peak_bytes, device) as a JSON array to FILE.
+    /// activation_peak_bytes, device, bn) as a JSON array to FILE.
     #[arg(long)]
     json: Option<PathBuf>,
     /// Measure every configuration in this process instead of a fresh child process each.
@@ -312,6 +318,7 @@ fn train_configs(a: &TrainBenchArgs) -> anyhow::Result<Vec<TrainBench>> {
     let models: Vec<BenchModel> = parse_list("--models", &a.models)?;
     let modes: Vec<GradMode> = parse_list("--modes", &a.modes)?;
     let schemes: Vec<Scheme> = parse_list("--schemes", &a.schemes)?;
+    let bn: resnet_ode::norm::BnMode = a.bn.parse()?;
     let mut out = Vec::new();
     for &model in &models {
         let (depths, schemes) = match model {
@@ -330,6 +337,7 @@ fn train_configs(a: &TrainBenchArgs) -> anyhow::Result<Vec<TrainBench>> {
                         steps: a.steps,
                         seed: a.seed,
                         device: a.device.device.clone(),
+                        bn,
                         trace: a.trace.clone(),
                     });
                 }
@@ -374,8 +382,8 @@ fn train(a: &TrainBenchArgs) -> anyhow::Result<()> {
     println!("median over {} steps after a warm-up.", a.steps);
     memory_note(&a.device.device, false)?;
     println!(
-        "minus the gradients. device {} dtype {}",
-        a.device.device, a.device.dtype
+        "minus the gradients. device {} dtype {}, batch norm {}",
+        a.device.device, a.device.dtype, a.bn
     );
     println!(
         "{:<10} {:>6} {:<6} {:<17} {:>6} {:>10} {:>10} {:>12}",
