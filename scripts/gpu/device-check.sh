@@ -128,11 +128,15 @@ for dev in cuda:0 libtorch-cuda:0; do
 done
 run 100 train-bench-pytorch python3 bench/pytorch/bench_train.py --device cuda --models tiny,resnet56 --tiny-depths 16,64 \
   --steps 5 --json "$WORK/train-bench-pytorch.json"
+# The paper's adjoint recomputes batch statistics: ours under the same policy (session 16, CPU:
+# 0.94-0.95x its non-view ATen operations per step; the default, cached, 1.46-1.48x).
+run 60 train-bench-libtorch-recompute "$BIN" bench train --device libtorch-cuda:0 --models tiny,resnet56 \
+  --tiny-depths 16,64 --modes adjoint --bn recompute --steps 5 --json "$WORK/train-bench-libtorch-recompute.json"
 say "profile: one step under PyTorch's profiler, ours on libtorch-cuda:0 vs PyTorch CUDA"
 # CUDA kernels per step, their device time and the device's busy share (Chrome traces kept).
-# On the CPU (session 15) a TinyResNet N = 16 backprop step of ours dispatched 1282 ATen ops,
-# 600 of them not views, PyTorch's 946 (806), ~530 of which its SGD, which on CUDA runs
-# `foreach` kernels instead.
+# On the CPU (session 16) a TinyResNet N = 16 backprop step of ours dispatched 285 ATen ops,
+# 268 of them not views, PyTorch's 946 (806), ~530 of which its SGD, which on CUDA runs
+# `foreach` kernels, as ours does.
 run 60 trace-libtorch "$BIN" bench train --device libtorch-cuda:0 --models tiny,resnet56 --tiny-depths 16 \
   --steps 2 --trace "$WORK/trace-ours"
 run 60 trace-pytorch python3 bench/pytorch/bench_train.py --device cuda --models tiny16,resnet56 --schemes euler \
