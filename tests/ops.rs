@@ -43,6 +43,13 @@ fn random<const D: usize>(p: &Placement, rng: &mut Rng, shape: [usize; D]) -> Te
     p.tensor(rng.normals(shape.iter().product()), shape)
 }
 
+/// A LibTorch CPU placement of `precision`.
+#[cfg(feature = "tch")]
+fn libtorch(precision: Precision) -> Placement {
+    #[allow(deprecated)]
+    Placement::new(burn::tensor::Device::libtorch(), precision)
+}
+
 type Conv = fn(Tensor<4>, Tensor<4>, Tensor<1>) -> Tensor<4>;
 
 fn composed(x: Tensor<4>, w: Tensor<4>, b: Tensor<1>) -> Tensor<4> {
@@ -82,8 +89,7 @@ fn conv3x3_matches_burns_conv2d_forward_and_backward() {
 #[cfg(feature = "tch")]
 #[test]
 fn conv3x3_matches_burns_conv2d_on_libtorch() {
-    #[allow(deprecated)]
-    conv3x3_against_conv2d(|p| Placement::new(burn::tensor::Device::libtorch(), p));
+    conv3x3_against_conv2d(libtorch);
 }
 
 fn conv3x3_against_conv2d(place: fn(Precision) -> Placement) {
@@ -211,11 +217,7 @@ fn batch_norm_kernels_match_burns_composition() {
 #[cfg(feature = "tch")]
 #[test]
 fn batch_norm_kernels_match_burns_composition_on_libtorch() {
-    #[allow(deprecated)]
-    batch_norm_against_composition(
-        &|p| Placement::new(burn::tensor::Device::libtorch(), p),
-        &[Precision::F32, Precision::F64],
-    );
+    batch_norm_against_composition(&libtorch, &[Precision::F32, Precision::F64]);
 }
 
 /// CubeCL's path (the trait's default bodies, `ops/batch_norm/composed.rs`) against burn's
@@ -385,8 +387,7 @@ fn relu_matches_burns() {
 #[test]
 fn relu_matches_burns_on_libtorch() {
     for precision in [Precision::F32, Precision::F64] {
-        #[allow(deprecated)]
-        relu_against_burns(&Placement::new(burn::tensor::Device::libtorch(), precision));
+        relu_against_burns(&libtorch(precision));
     }
 }
 
@@ -421,10 +422,8 @@ fn scaled_dot_matches_the_composition() {
 #[cfg(feature = "tch")]
 #[test]
 fn scaled_dot_matches_the_composition_on_libtorch() {
-    #[allow(deprecated)]
-    let place = |p| Placement::new(burn::tensor::Device::libtorch(), p);
-    scaled_dot_against_composition(&place(Precision::F32), 1e-6);
-    scaled_dot_against_composition(&place(Precision::F64), 1e-14);
+    scaled_dot_against_composition(&libtorch(Precision::F32), 1e-6);
+    scaled_dot_against_composition(&libtorch(Precision::F64), 1e-14);
 }
 
 /// CubeCL's value is a product and a device-wide sum, on every CubeCL device this build and
@@ -476,10 +475,8 @@ fn conv3x3_without_bias_matches_conv2d() {
 #[cfg(feature = "tch")]
 #[test]
 fn conv3x3_without_bias_matches_conv2d_on_libtorch() {
-    #[allow(deprecated)]
-    let place = |p| Placement::new(burn::tensor::Device::libtorch(), p);
-    conv3x3_without_bias_against_conv2d(&place(Precision::F32), 2e-5);
-    conv3x3_without_bias_against_conv2d(&place(Precision::F64), 1e-12);
+    conv3x3_without_bias_against_conv2d(&libtorch(Precision::F32), 2e-5);
+    conv3x3_without_bias_against_conv2d(&libtorch(Precision::F64), 1e-12);
 }
 
 /// PyTorch's SGD on one value: `d = g + wd·w; b = μb + d (b = d at first); s = nesterov ?
@@ -559,10 +556,8 @@ fn sgd_step_follows_pytorchs_rule() {
 #[cfg(feature = "tch")]
 #[test]
 fn sgd_step_follows_pytorchs_rule_on_libtorch() {
-    #[allow(deprecated)]
-    let place = |precision| Placement::new(burn::tensor::Device::libtorch(), precision);
-    sgd_step_against_reference(&place(Precision::F32), 1e-6);
-    sgd_step_against_reference(&place(Precision::F64), 1e-14);
+    sgd_step_against_reference(&libtorch(Precision::F32), 1e-6);
+    sgd_step_against_reference(&libtorch(Precision::F64), 1e-14);
 }
 
 /// `ops::batch_norm::update_statistics` against the batch mean and biased variance of a
@@ -636,10 +631,8 @@ fn update_statistics_follow_pytorchs_rule() {
 #[cfg(feature = "tch")]
 #[test]
 fn update_statistics_follow_pytorchs_rule_on_libtorch() {
-    #[allow(deprecated)]
-    let place = |precision| Placement::new(burn::tensor::Device::libtorch(), precision);
-    update_statistics_against_reference(&place(Precision::F32), 1e-6);
-    update_statistics_against_reference(&place(Precision::F64), 1e-14);
+    update_statistics_against_reference(&libtorch(Precision::F32), 1e-6);
+    update_statistics_against_reference(&libtorch(Precision::F64), 1e-14);
 }
 
 /// A training forward through an independent copy of a batch norm moves the copy's running
@@ -671,9 +664,5 @@ fn independent_copies_own_their_running_statistics() {
 #[cfg(feature = "tch")]
 #[test]
 fn independent_copies_own_their_running_statistics_on_libtorch() {
-    #[allow(deprecated)]
-    copies_own_their_running_statistics(&Placement::new(
-        burn::tensor::Device::libtorch(),
-        Precision::F32,
-    ));
+    copies_own_their_running_statistics(&libtorch(Precision::F32));
 }

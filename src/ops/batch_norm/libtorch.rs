@@ -1,7 +1,10 @@
-//! LibTorch's path: ATen's own batch-norm kernels, on the CPU and on CUDA. The statistics are
-//! `batch_norm_update_stats`, the normalisation ATen's evaluation-mode `batch_norm` with the given
-//! statistics (then an in-place ReLU), the backward `native_batch_norm_backward` through the
-//! shim (`ops/aten`). burn-tch composes all three from a dozen elementwise passes.
+//! LibTorch's path: ATen's own batch-norm kernels, on the CPU and on CUDA. Training mode is
+//! `native_batch_norm` (statistics, running statistics in place, normalisation), as PyTorch's;
+//! the adjoint's recorded forward takes the statistics from `batch_norm_update_stats` (running
+//! statistics in place) and normalises, as at the cached statistics, with ATen's
+//! evaluation-mode `batch_norm` (then an in-place ReLU); every backward is
+//! `native_batch_norm_backward` through the shim (`ops/aten`). burn-tch composes them from a
+//! dozen elementwise passes.
 
 use super::super::aten::{self, Spread};
 use burn::backend::libtorch::TchTensor;
@@ -43,9 +46,25 @@ pub(super) fn backward(
     relu: bool,
     given: bool,
 ) -> (TchTensor, TchTensor, TchTensor) {
-    let [gamma, mean, var, y, grad] = p.map(|t| t.tensor);
+    aten_backward(x, p, false, epsilon, relu, given)
+}
+
+/// ATen's backward from `[γ, mean, spread, y, grad]`, `spread` the variance or (`invstd`)
+/// 1/√(var + ε).
+fn aten_backward(
+    x: TchTensor,
+    p: [TchTensor; 5],
+    invstd: bool,
+    epsilon: f64,
+    relu: bool,
+    given: bool,
+) -> (TchTensor, TchTensor, TchTensor) {
+    let [gamma, mean, spread, y, grad] = p.map(|t| t.tensor);
     let mask = relu.then_some(&y);
-    let spread = Spread::Var(&var);
+    let spread = match invstd {
+        true => Spread::InvStd(&spread),
+        false => Spread::Var(&spread),
+    };
     let (dx, dg, db) = aten::bn_backward(
         &x.tensor, &gamma, &mean, spread, mask, &grad, epsilon, given,
     );
@@ -60,8 +79,7 @@ fn per_channel(x: &tch::Tensor) -> i64 {
 
 /// ATen's training forward, `native_batch_norm` (PyTorch's `batch_norm` in training runs it):
 /// statistics, the running statistics in place (with `update`) and the normalisation in one op;
-/// it saves `(mean, 1/√(var + ε))` for its backward. With one value per channel ATen's unbiased
-/// running variance would divide by M − 1 = 0: the variance is 0 there and the rule a blend.
+/// it saves `(mean, 1/√(var + ε))` for its backward.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn train(
     x: TchTensor,
@@ -85,8 +103,7 @@ pub(super) fn train(
         epsilon,
     );
     if update && !in_place {
-        let _ = rm.tensor.shallow_clone().lerp_(&mean, momentum);
-        let _ = rv.tensor.shallow_clone().g_mul_scalar_(1.0 - momentum);
+        blend_one_value(&rm, &rv, &mean, momentum);
     }
     if relu {
         // `y` is this op's own fresh output: rectified in place.
@@ -103,35 +120,32 @@ pub(super) fn train_backward(
     epsilon: f64,
     relu: bool,
 ) -> (TchTensor, TchTensor, TchTensor) {
-    let [gamma, mean, invstd, y, grad] = p.map(|t| t.tensor);
-    let mask = relu.then_some(&y);
-    let spread = Spread::InvStd(&invstd);
-    let (dx, dg, db) = aten::bn_backward(
-        &x.tensor, &gamma, &mean, spread, mask, &grad, epsilon, false,
-    );
-    (TchTensor::new(dx), TchTensor::new(dg), TchTensor::new(db))
+    aten_backward(x, p, true, epsilon, relu, false)
+}
+
+/// The running statistics after a batch of one value per channel, in place: its variance is 0,
+/// so PyTorch's rule is a blend of the mean and a decay of the variance (ATen's own update would
+/// divide by M − 1 = 0).
+fn blend_one_value(rm: &TchTensor, rv: &TchTensor, mean: &tch::Tensor, momentum: f64) {
+    let _ = rm.tensor.shallow_clone().lerp_(mean, momentum);
+    let _ = rv.tensor.shallow_clone().g_mul_scalar_(1.0 - momentum);
 }
 
 /// Statistics and, in place, the running statistics: `batch_norm_update_stats` given `rm` and
-/// `rv` blends them in the same pass (PyTorch's rule, unbiased by M/(M − 1)). With one value
-/// per channel ATen would divide by M − 1 = 0; the variance is 0 there and the rule a plain blend.
+/// `rv` blends them in the same pass (PyTorch's rule, unbiased by M/(M − 1)).
 pub(super) fn update_statistics(
     x: TchTensor,
     rm: TchTensor,
     rv: TchTensor,
     momentum: f64,
 ) -> (TchTensor, TchTensor, TchTensor, TchTensor) {
-    let (mut r_mean, mut r_var) = (rm.tensor.shallow_clone(), rv.tensor.shallow_clone());
-    let (mean, var) = if per_channel(&x.tensor) > 1 {
+    if per_channel(&x.tensor) <= 1 {
+        let (mean, var) = statistics(x);
+        blend_one_value(&rm, &rv, &mean.tensor, momentum);
+        return (mean, var, rm, rv);
+    }
+    let (mean, var) =
         x.tensor
-            .batch_norm_update_stats(Some(&r_mean), Some(&r_var), momentum)
-    } else {
-        let (mean, var) =
-            x.tensor
-                .batch_norm_update_stats(None::<tch::Tensor>, None::<tch::Tensor>, 0.0);
-        let _ = r_mean.lerp_(&mean, momentum);
-        let _ = r_var.lerp_(&var, momentum);
-        (mean, var)
-    };
+            .batch_norm_update_stats(Some(&rm.tensor), Some(&rv.tensor), momentum);
     (TchTensor::new(mean), TchTensor::new(var), rm, rv)
 }

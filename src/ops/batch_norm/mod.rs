@@ -128,8 +128,8 @@ pub trait BatchNormOps: Backend {
                 (mean, var, rm, rv)
             }
         };
-        let stats = (mean.clone(), var.clone());
-        let y = Self::bn_normalize(x, gamma, beta, stats.0, stats.1, epsilon, relu, false);
+        let (m, v) = (mean.clone(), var.clone());
+        let y = Self::bn_normalize(x, gamma, beta, m, v, epsilon, relu, false);
         (y, mean, var, rm, rv)
     }
 
